@@ -1,0 +1,16 @@
+"""The pack's own exceptions. Bad user input is a ``ValueError`` that names the input, the
+value and the rule; these classes add what a caller may want to catch specifically."""
+from __future__ import annotations
+
+
+class CogVideoXError(Exception):
+    """Base class of the pack's own errors."""
+
+
+class WeightsError(CogVideoXError, ValueError):
+    """A weight file or folder is missing, truncated, corrupt or of another model.
+    The message names the file and what was expected or found."""
+
+
+class Interrupted(CogVideoXError):
+    """The run was interrupted by the user (through the runtime's interrupt check)."""
