@@ -1,0 +1,353 @@
+"""Layers of the CogVideoX causal 3D VAE (diffusers ``AutoencoderKLCogVideoX``), cache as values.
+
+Module and parameter names follow diffusers exactly, so its state dict loads strict with no key
+mapping. Every causal conv with a time kernel k > 1 pads time with k-1 frames in front: copies
+of the first frame on a video's first chunk, the previous chunk's last k-1 input frames (its
+*tail*) afterwards. Tails go in and come out of every ``forward`` as a flat ``dict`` keyed by
+the conv's module path relative to the encoder or decoder (``"up_blocks.0.resnets.1.conv2"``),
+so ``decoder.get_submodule(key)`` is the conv that owns an entry. Nothing is kept on a module.
+
+The other temporal rules need no state: they depend only on the chunk's frame count.
+``Downsample3D``/``Upsample3D`` with ``compress_time`` and the decoder's spatial norm treat an
+odd frame count > 1 as "causal first frame + pairs" (the first frame is resized on its own) and
+an even count as pairs only. That is why the reference chunking gives the odd frame to the first
+chunk, and why a continuing chunk must have an even count.
+
+Kernel-1 causal convs (the spatial norm's ``conv_y``/``conv_b``) have no tail: diffusers hands
+their whole input around as "cache" but never reads it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .families import VAEConfig
+from .ops import Ops
+
+Tails = dict[str, Tensor]  # conv module path -> its last k-1 input frames [B, C_in, k-1, H, W]
+
+_SAFE_CONV_GIB = 2.0  # diffusers CogVideoXSafeConv3d: split time when the input is > 2 GiB at 2 bytes/value
+SPATIAL_NORM_EPS = 1e-6  # diffusers hard-codes it for the spatial norm and the encoder's norm_out
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Makes the VAE's layers from the injected ``ops`` with one dtype and device."""
+
+    ops: Ops
+    dtype: torch.dtype | None = None
+    device: torch.device | str | None = None
+
+    def conv3d(self, cin: int, cout: int, kernel: int, padding: tuple[int, int, int] = (0, 0, 0)) -> nn.Conv3d:
+        return self.ops.Conv3d(cin, cout, kernel, padding=padding, dtype=self.dtype, device=self.device)
+
+    def conv2d(self, cin: int, cout: int, stride: int, padding: int) -> nn.Conv2d:
+        return self.ops.Conv2d(cin, cout, 3, stride=stride, padding=padding, dtype=self.dtype,
+                               device=self.device)
+
+    def group_norm(self, groups: int, channels: int, eps: float) -> nn.GroupNorm:
+        return self.ops.GroupNorm(groups, channels, eps=eps, dtype=self.dtype, device=self.device)
+
+
+def sub_tails(tails: Mapping[str, Tensor], name: str) -> Tails:
+    """The entries of ``tails`` under ``name.``, with that prefix removed."""
+    prefix = name + "."
+    return {k[len(prefix):]: v for k, v in tails.items() if k.startswith(prefix)}
+
+
+def scoped(name: str, tails: Mapping[str, Tensor]) -> Tails:
+    """``tails`` with every key put under ``name.``."""
+    return {f"{name}.{k}": v for k, v in tails.items()}
+
+
+def conv3d_in_time_parts(conv: nn.Conv3d, x: Tensor) -> Tensor:
+    """``conv(x)``, split along time above 2 GiB (at 2 bytes/value) as diffusers' SafeConv3d does.
+
+    Part i > 0 gets the last k-1 frames of part i-1 in front, so the result equals one call.
+    """
+    gib = x.numel() * 2 / 1024**3
+    if gib <= _SAFE_CONV_GIB:
+        return conv(x)
+    k = conv.kernel_size[0]
+    parts = torch.chunk(x, int(gib / _SAFE_CONV_GIB) + 1, dim=2)
+    outs = [conv(parts[0])]
+    for prev, cur in zip(parts, parts[1:]):
+        outs.append(conv(torch.cat([prev[:, :, -k + 1:], cur], dim=2) if k > 1 else cur))
+    return torch.cat(outs, dim=2)
+
+
+def conv_per_frame(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """A 2-D conv on every frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
+    b, c, t, h, w = x.shape
+    y = conv(x.transpose(1, 2).reshape(b * t, c, h, w))  # [B*T, C', H', W']
+    return y.reshape(b, t, *y.shape[1:]).transpose(1, 2)  # [B, C', T, H', W']
+
+
+def halve_time(x: Tensor) -> Tensor:
+    """Average frame pairs; an odd count keeps its first frame as is. [B,C,T,H,W] -> [B,C,T',H,W]."""
+    t = x.shape[2]
+    if t % 2 == 0:
+        return F.avg_pool3d(x, kernel_size=(2, 1, 1))
+    if t == 1:
+        return x
+    return torch.cat([x[:, :, :1], F.avg_pool3d(x[:, :, 1:], kernel_size=(2, 1, 1))], dim=2)
+
+
+def double_time_and_space(x: Tensor) -> Tensor:
+    """Nearest 2x in T, H, W; an odd T > 1 doubles its first frame in space only; T=1 stays 1."""
+    t = x.shape[2]
+    if t > 1 and t % 2 == 1:
+        first = F.interpolate(x[:, :, 0], scale_factor=2.0)[:, :, None]  # [B, C, 1, 2H, 2W]
+        return torch.cat([first, F.interpolate(x[:, :, 1:], scale_factor=2.0)], dim=2)
+    if t > 1:
+        return F.interpolate(x, scale_factor=2.0)  # [B, C, 2T, 2H, 2W]
+    return F.interpolate(x[:, :, 0], scale_factor=2.0)[:, :, None]  # [B, C, 1, 2H, 2W]
+
+
+def resize_zq(zq: Tensor, size: Sequence[int]) -> Tensor:
+    """Nearest resize of the latent chunk to a feature map's (T, H, W); an odd T > 1 resizes the
+    first (causal) frame on its own."""
+    t, h, w = size
+    if t > 1 and t % 2 == 1:
+        first = F.interpolate(zq[:, :, :1], size=(1, h, w))
+        return torch.cat([first, F.interpolate(zq[:, :, 1:], size=(t - 1, h, w))], dim=2)
+    return F.interpolate(zq, size=(t, h, w))
+
+
+def upsampled_frames(frames: int, levels: int) -> int:
+    """Frames out of ``levels`` time-doubling upsamplers for a chunk of ``frames`` latents."""
+    for _ in range(levels):
+        frames = 1 if frames == 1 else (2 * frames - 1 if frames % 2 else 2 * frames)
+    return frames
+
+
+def downsampled_frames(frames: int, levels: int) -> int:
+    """Frames out of ``levels`` time-halving downsamplers for a chunk of ``frames`` frames."""
+    for _ in range(levels):
+        frames = 1 + (frames - 1) // 2 if frames % 2 else frames // 2
+    return frames
+
+
+def temporal_levels(config: VAEConfig) -> int:
+    """How many down/up blocks compress time: log2 of the temporal compression (2 for 4x)."""
+    return int(math.log2(config.temporal_compression))
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d padded causally in time (k-1 frames in front) and by (k-1)/2 zeros in space."""
+
+    def __init__(self, layers: Layers, cin: int, cout: int, kernel: int = 3) -> None:
+        super().__init__()
+        self.time_kernel = kernel
+        pad = (kernel - 1) // 2
+        self.conv = layers.conv3d(cin, cout, kernel, padding=(0, pad, pad))
+
+    def forward(self, x: Tensor, tail: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """x [B, C, T, H, W], tail [B, C, k-1, H, W] or None on a first chunk -> (y, new tail)."""
+        k = self.time_kernel
+        if k == 1:
+            return conv3d_in_time_parts(self.conv, x), None
+        front = x[:, :, :1].expand(-1, -1, k - 1, -1, -1) if tail is None else tail
+        x = torch.cat([front, x], dim=2)  # [B, C, k-1+T, H, W]
+        return conv3d_in_time_parts(self.conv, x), x[:, :, -(k - 1):].clone()
+
+
+class SpatialNorm3D(nn.Module):
+    """GroupNorm whose scale and shift come from the latent chunk ``zq`` (MoVQ spatial norm)."""
+
+    def __init__(self, layers: Layers, channels: int, zq_channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm_layer = layers.group_norm(groups, channels, eps=SPATIAL_NORM_EPS)
+        self.conv_y = CausalConv3d(layers, zq_channels, channels, kernel=1)
+        self.conv_b = CausalConv3d(layers, zq_channels, channels, kernel=1)
+
+    def forward(self, f: Tensor, zq: Tensor) -> Tensor:
+        zq = resize_zq(zq, f.shape[-3:])  # [B, C_z, T, H, W] like f
+        scale, _ = self.conv_y(zq, None)
+        shift, _ = self.conv_b(zq, None)
+        return self.norm_layer(f) * scale + shift
+
+
+class ResnetBlock3D(nn.Module):
+    """norm-silu-conv twice plus a skip; spatial norms (decoder) when ``zq_channels`` is given."""
+
+    def __init__(self, layers: Layers, cin: int, cout: int, groups: int, eps: float,
+                 zq_channels: int | None = None) -> None:
+        super().__init__()
+        self.norm1 = self._norm(layers, cin, groups, eps, zq_channels)
+        self.conv1 = CausalConv3d(layers, cin, cout)
+        self.norm2 = self._norm(layers, cout, groups, eps, zq_channels)
+        self.conv2 = CausalConv3d(layers, cout, cout)
+        # diffusers' non-causal 1x1x1 shortcut (a SafeConv3d, so no `.conv` in its key)
+        self.conv_shortcut = layers.conv3d(cin, cout, 1) if cin != cout else None
+
+    @staticmethod
+    def _norm(layers: Layers, channels: int, groups: int, eps: float, zq_channels: int | None) -> nn.Module:
+        if zq_channels is None:
+            return layers.group_norm(groups, channels, eps=eps)
+        return SpatialNorm3D(layers, channels, zq_channels, groups)
+
+    def _apply_norm(self, norm: nn.Module, x: Tensor, zq: Tensor | None) -> Tensor:
+        return norm(x) if zq is None else norm(x, zq)
+
+    def forward(self, x: Tensor, tails: Mapping[str, Tensor], zq: Tensor | None = None) -> tuple[Tensor, Tails]:
+        h = F.silu(self._apply_norm(self.norm1, x, zq))
+        h, tail1 = self.conv1(h, tails.get("conv1"))
+        h = F.silu(self._apply_norm(self.norm2, h, zq))
+        h, tail2 = self.conv2(h, tails.get("conv2"))
+        skip = x if self.conv_shortcut is None else conv3d_in_time_parts(self.conv_shortcut, x)
+        return h + skip, {"conv1": tail1, "conv2": tail2}
+
+
+def run_resnets(resnets: nn.ModuleList, x: Tensor, tails: Mapping[str, Tensor],
+                zq: Tensor | None) -> tuple[Tensor, Tails]:
+    """Apply ``resnets`` in order; tails keyed ``resnets.{i}.conv1`` etc."""
+    new: Tails = {}
+    for i, resnet in enumerate(resnets):
+        x, t = resnet(x, sub_tails(tails, f"resnets.{i}"), zq)
+        new.update(scoped(f"resnets.{i}", t))
+    return x, new
+
+
+class Downsample3D(nn.Module):
+    """Optional time halving, then a 3x3 stride-2 conv per frame after padding right/bottom by 1."""
+
+    def __init__(self, layers: Layers, channels: int, compress_time: bool) -> None:
+        super().__init__()
+        self.conv = layers.conv2d(channels, channels, stride=2, padding=0)
+        self.compress_time = compress_time
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.compress_time:
+            x = halve_time(x)
+        return conv_per_frame(self.conv, F.pad(x, (0, 1, 0, 1)))  # [B, C, T, H/2, W/2]
+
+
+class Upsample3D(nn.Module):
+    """Nearest 2x (time too with ``compress_time``), then a 3x3 conv per frame."""
+
+    def __init__(self, layers: Layers, channels: int, compress_time: bool) -> None:
+        super().__init__()
+        self.conv = layers.conv2d(channels, channels, stride=1, padding=1)
+        self.compress_time = compress_time
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.compress_time:
+            x = double_time_and_space(x)
+        else:
+            x = F.interpolate(x, scale_factor=(1.0, 2.0, 2.0))  # [B, C, T, 2H, 2W]
+        return conv_per_frame(self.conv, x)
+
+
+class DownBlock3D(nn.Module):
+    def __init__(self, layers: Layers, cin: int, cout: int, num_layers: int, groups: int, eps: float,
+                 add_downsample: bool, compress_time: bool) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(layers, cin if i == 0 else cout, cout, groups, eps) for i in range(num_layers))
+        self.downsamplers = (nn.ModuleList([Downsample3D(layers, cout, compress_time)])
+                             if add_downsample else None)
+
+    def forward(self, x: Tensor, tails: Mapping[str, Tensor]) -> tuple[Tensor, Tails]:
+        x, new = run_resnets(self.resnets, x, tails, None)
+        if self.downsamplers is not None:
+            x = self.downsamplers[0](x)
+        return x, new
+
+
+class MidBlock3D(nn.Module):
+    def __init__(self, layers: Layers, channels: int, groups: int, eps: float,
+                 zq_channels: int | None = None) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(layers, channels, channels, groups, eps, zq_channels) for _ in range(2))
+
+    def forward(self, x: Tensor, tails: Mapping[str, Tensor], zq: Tensor | None = None) -> tuple[Tensor, Tails]:
+        return run_resnets(self.resnets, x, tails, zq)
+
+
+class UpBlock3D(nn.Module):
+    def __init__(self, layers: Layers, cin: int, cout: int, num_layers: int, groups: int, eps: float,
+                 zq_channels: int, add_upsample: bool, compress_time: bool) -> None:
+        super().__init__()
+        self.resnets = nn.ModuleList(
+            ResnetBlock3D(layers, cin if i == 0 else cout, cout, groups, eps, zq_channels)
+            for i in range(num_layers))
+        self.upsamplers = (nn.ModuleList([Upsample3D(layers, cout, compress_time)])
+                           if add_upsample else None)
+
+    def forward(self, x: Tensor, tails: Mapping[str, Tensor], zq: Tensor) -> tuple[Tensor, Tails]:
+        x, new = run_resnets(self.resnets, x, tails, zq)
+        if self.upsamplers is not None:
+            x = self.upsamplers[0](x)
+        return x, new
+
+
+class Encoder3D(nn.Module):
+    """Pixels [B, 3, T, H, W] -> moments [B, 2*latent, T', H/8, W/8] for one chunk."""
+
+    def __init__(self, layers: Layers, config: VAEConfig) -> None:
+        super().__init__()
+        ch, groups, eps = config.block_out_channels, config.norm_num_groups, config.norm_eps
+        levels, last = temporal_levels(config), len(ch) - 1
+        self.conv_in = CausalConv3d(layers, config.in_channels, ch[0])
+        self.down_blocks = nn.ModuleList(
+            DownBlock3D(layers, ch[max(i - 1, 0)], ch[i], config.layers_per_block, groups, eps,
+                        add_downsample=i < last, compress_time=i < levels)
+            for i in range(len(ch)))
+        self.mid_block = MidBlock3D(layers, ch[-1], groups, eps)
+        self.norm_out = layers.group_norm(groups, ch[-1], eps=SPATIAL_NORM_EPS)
+        self.conv_out = CausalConv3d(layers, ch[-1], 2 * config.latent_channels)
+
+    def forward(self, x: Tensor, tails: Mapping[str, Tensor]) -> tuple[Tensor, Tails]:
+        x, new = _run_conv("conv_in", self.conv_in, x, tails)
+        for i, block in enumerate(self.down_blocks):
+            x, t = block(x, sub_tails(tails, f"down_blocks.{i}"))
+            new.update(scoped(f"down_blocks.{i}", t))
+        x, t = self.mid_block(x, sub_tails(tails, "mid_block"))
+        new.update(scoped("mid_block", t))
+        x, t = _run_conv("conv_out", self.conv_out, F.silu(self.norm_out(x)), tails)
+        return x, {**new, **t}
+
+
+class Decoder3D(nn.Module):
+    """Latents [B, latent, T, h, w] -> pixels [B, 3, T', 8h, 8w] for one chunk; the chunk itself
+    is the ``zq`` of every spatial norm."""
+
+    def __init__(self, layers: Layers, config: VAEConfig) -> None:
+        super().__init__()
+        ch, groups, eps = config.block_out_channels[::-1], config.norm_num_groups, config.norm_eps
+        levels, last, zq = temporal_levels(config), len(ch) - 1, config.latent_channels
+        self.conv_in = CausalConv3d(layers, zq, ch[0])
+        self.mid_block = MidBlock3D(layers, ch[0], groups, eps, zq_channels=zq)
+        self.up_blocks = nn.ModuleList(
+            UpBlock3D(layers, ch[max(i - 1, 0)], ch[i], config.layers_per_block + 1, groups, eps, zq,
+                      add_upsample=i < last, compress_time=i < levels)
+            for i in range(len(ch)))
+        self.norm_out = SpatialNorm3D(layers, ch[-1], zq, groups)
+        self.conv_out = CausalConv3d(layers, ch[-1], config.out_channels)
+
+    def forward(self, z: Tensor, tails: Mapping[str, Tensor]) -> tuple[Tensor, Tails]:
+        x, new = _run_conv("conv_in", self.conv_in, z, tails)
+        x, t = self.mid_block(x, sub_tails(tails, "mid_block"), z)
+        new.update(scoped("mid_block", t))
+        for i, block in enumerate(self.up_blocks):
+            x, t = block(x, sub_tails(tails, f"up_blocks.{i}"), z)
+            new.update(scoped(f"up_blocks.{i}", t))
+        x, t = _run_conv("conv_out", self.conv_out, F.silu(self.norm_out(x, z)), tails)
+        return x, {**new, **t}
+
+
+def _run_conv(name: str, conv: CausalConv3d, x: Tensor, tails: Mapping[str, Tensor]) -> tuple[Tensor, Tails]:
+    y, tail = conv(x, tails.get(name))
+    return y, {name: tail}
+
+
+__all__ = ["Layers", "Tails", "CausalConv3d", "SpatialNorm3D", "ResnetBlock3D", "Downsample3D",
+           "Upsample3D", "DownBlock3D", "MidBlock3D", "UpBlock3D", "Encoder3D", "Decoder3D",
+           "upsampled_frames", "downsampled_frames", "temporal_levels", "conv3d_in_time_parts"]
