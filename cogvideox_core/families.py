@@ -38,7 +38,7 @@ class TransformerConfig:
     ofs_embed_dim: int | None = None  # 1.5-I2V only
     patch_size: int = 2
     patch_size_t: int | None = None  # 2 for the 1.5 families
-    patch_bias: bool = True  # False for 1.5 (Linear patch embed without bias)
+    patch_bias: bool = True  # the 1.0 conv patch embed only; the 1.5 Linear always has a bias (as diffusers)
     positions: PositionKind = "sincos"
     learned_positions: bool = False  # 5B-I2V: `patch_embed.pos_embedding` is a weight
     sample_height: int = 60
