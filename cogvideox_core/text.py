@@ -1,0 +1,174 @@
+"""T5 prompt encoding, exactly as the diffusers CogVideoX pipelines' ``_get_t5_prompt_embeds``.
+
+Every CogVideoX family reads T5-v1.1-XXL hidden states [B, 226, 4096]: the prompt is tokenized
+with ``max_length=226, padding="max_length", truncation=True, add_special_tokens=True`` (so
+``</s>`` then ``<pad>`` fill to 226) and the encoder runs WITHOUT an attention mask (the pad
+positions attend and are attended to, as in training). A longer prompt keeps its first 225
+tokens plus ``</s>``; a warning says how many were dropped.
+
+Weights: a diffusers ``text_encoder/`` folder (``config.json`` + sharded ``model*.safetensors``),
+a model root holding one, or a single T5 encoder ``.safetensors`` file as ComfyUI users keep in
+``models/text_encoders`` (``t5xxl_fp16``, ``t5xxl_fp8_e4m3fn``, ``..._scaled``; keys
+``shared.weight``, ``encoder.block.N.layer.0.SelfAttention.q.weight`` ...). A single file's config
+is T5-v1.1-XXL's read off the shapes (d_model, d_ff, layers, heads, d_kv, relative-attention
+buckets, vocabulary; gated-GELU when ``wi_0``/``wi_1`` exist), so tiny test files work too.
+fp8 files are upcast to ``dtype``, ``scaled_fp8`` files dequantised; ``weight_dtype=fp8`` keeps
+the attention and gated-input projections in fp8 (``wo`` stays in ``dtype``: transformers casts
+the activations to ``wo``'s dtype).
+
+Tokenizer: the model root's ``tokenizer/``, a ``tokenizer/`` beside a ``text_encoder/`` folder,
+or the copy shipped in ``cogvideox_core/data/t5_tokenizer`` (T5's Apache-2.0 vocabulary).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+from .ops import cast_ops
+from .weight_files import TOKENIZER_FILES, index_shapes, is_model_root
+from .weights import component_plan, find_component, load_module, plan_shapes, storage_dtypes
+
+logger = logging.getLogger(__name__)
+
+MAX_LENGTH = 226  # max_text_seq_length of every CogVideoX transformer
+SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "data" / "t5_tokenizer"
+T5_FP8_KEYS = re.compile(
+    r"^encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|DenseReluDense\.wi(_[01])?)\.weight$")
+
+
+@dataclass
+class TextEncoder:
+    """A T5 encoder with its tokenizer; :meth:`encode` is the pipelines' prompt encoding."""
+
+    model: nn.Module  # transformers T5EncoderModel
+    tokenizer: object  # transformers PreTrainedTokenizerBase
+    max_length: int = MAX_LENGTH
+
+    def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
+        """Prompts -> last hidden states [B, max_length, d_model] in the model's dtype/device."""
+        return encode_prompts(self.model, self.tokenizer, prompts, self.max_length)
+
+
+def load_tokenizer(path: str | Path | None = None) -> object:
+    """A T5 tokenizer from a folder holding ``tokenizer.json`` or ``spiece.model`` (offline), or
+    the shipped copy when ``path`` is None."""
+    from transformers import AutoTokenizer
+
+    folder = Path(path).expanduser() if path is not None else SHIPPED_TOKENIZER
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise WeightsError(f"{folder}: no T5 tokenizer here (expected tokenizer.json or spiece.model)")
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def tokenize(tokenizer: object, prompts: str | Sequence[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
+    """Token ids [B, max_length] as the pipelines make them; warns when a prompt is cut."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    ids = tokenizer(prompts, padding="max_length", max_length=max_length,  # type: ignore[operator]
+                    truncation=True, add_special_tokens=True, return_tensors="pt").input_ids
+    full = tokenizer(prompts, add_special_tokens=True).input_ids  # type: ignore[operator]
+    for i, tokens in enumerate(full):
+        if len(tokens) > max_length:
+            dropped = tokenizer.decode(tokens[max_length - 1:-1])  # type: ignore[attr-defined]
+            logger.warning("prompt %d is %d tokens, T5 takes %d: %d tokens dropped from the end (%r)",
+                           i, len(tokens), max_length, len(tokens) - max_length, dropped)
+    return ids
+
+
+def encode_prompts(model: nn.Module, tokenizer: object, prompts: str | Sequence[str],
+                   max_length: int = MAX_LENGTH) -> torch.Tensor:
+    """T5 last hidden states [B, max_length, d_model] (no attention mask, as the pipelines)."""
+    ids = tokenize(tokenizer, prompts, max_length)
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        return model(input_ids=ids.to(device))[0]
+
+
+def t5_config_from_shapes(shapes: Mapping[str, Sequence[int]], where: str = "T5 weights") -> object:
+    """A transformers ``T5Config`` read off a T5 encoder's shapes (T5-v1.1 conventions)."""
+    from transformers import T5Config
+
+    blocks = {int(k.split(".")[2]) for k in shapes if k.startswith("encoder.block.")}
+    attn = "encoder.block.0.layer.0.SelfAttention."
+    ff = "encoder.block.0.layer.1.DenseReluDense."
+    gated = ff + "wi_0.weight" in shapes
+    try:
+        vocab, d_model = shapes["shared.weight"]
+        buckets, heads = shapes[attn + "relative_attention_bias.weight"]
+        inner = shapes[attn + "q.weight"][0]
+        d_ff = shapes[ff + ("wi_0.weight" if gated else "wi.weight")][0]
+    except KeyError as e:
+        raise WeightsError(f"{where}: not a T5 encoder: no {e.args[0]!r}") from None
+    return T5Config(vocab_size=int(vocab), d_model=int(d_model), d_kv=int(inner) // int(heads),
+                    d_ff=int(d_ff), num_layers=len(blocks), num_heads=int(heads),
+                    relative_attention_num_buckets=int(buckets), relative_attention_max_distance=128,
+                    feed_forward_proj="gated-gelu" if gated else "relu", layer_norm_epsilon=1e-6,
+                    is_encoder_decoder=False, use_cache=False, tie_word_embeddings=False)
+
+
+def load_t5_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
+                    device: torch.device | str = "cpu", weight_dtype: torch.dtype | None = None) -> nn.Module:
+    """A transformers ``T5EncoderModel`` from a ``text_encoder/`` folder, a model root or one
+    file, built on meta and assign-loaded like the transformer (no second copy)."""
+    from transformers import T5Config, T5EncoderModel
+
+    dtype_for = storage_dtypes(dtype, weight_dtype, T5_FP8_KEYS)
+    comp = find_component(path, "text_encoder")
+    plan = component_plan(comp)
+    if comp.config is not None:
+        config = T5Config.from_dict(dict(comp.config))
+    else:
+        config = t5_config_from_shapes(plan_shapes(plan, index_shapes(comp.index)), comp.location)
+    with torch.device("meta"):
+        model = T5EncoderModel(config)
+    if weight_dtype not in (None, dtype):
+        _cast_linears(model)
+    load_module(model, plan, comp.index, dtype_for, device, comp.location)
+    logger.info("loaded T5 encoder (%d layers, d_model %d) from %s", config.num_layers, config.d_model,
+                comp.location)
+    return model
+
+
+def _cast_linears(model: nn.Module) -> None:
+    """Let every Linear compute with its weight cast to the input dtype (fp8 storage).
+    transformers builds plain ``nn.Linear``; ``cast_ops.Linear`` only overrides ``forward``."""
+    for module in model.modules():
+        if type(module) is nn.Linear:
+            module.__class__ = cast_ops.Linear
+
+
+def tokenizer_folder(path: str | Path) -> Path | None:
+    """The tokenizer that comes with the T5 weights at ``path``, if any."""
+    path = Path(path).expanduser()
+    candidates = []
+    if path.is_dir() and is_model_root(path):
+        candidates.append(path / "tokenizer")
+    elif path.is_dir():
+        candidates += [path, path.parent / "tokenizer"]
+    for folder in candidates:
+        if any((folder / f).is_file() for f in TOKENIZER_FILES):
+            return folder
+    return None
+
+
+def load_text_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
+                      device: torch.device | str = "cpu", tokenizer: str | Path | None = None,
+                      weight_dtype: torch.dtype | None = None) -> TextEncoder:
+    """T5 weights at ``path`` plus the tokenizer from ``tokenizer``, the weights' own folder
+    tree, or the shipped copy."""
+    model = load_t5_encoder(path, dtype, device, weight_dtype)
+    folder = Path(tokenizer) if tokenizer is not None else tokenizer_folder(path)
+    if folder is None:
+        logger.info("no tokenizer beside %s: using the shipped T5 tokenizer", path)
+    return TextEncoder(model, load_tokenizer(folder))
+
+
+__all__ = ["MAX_LENGTH", "SHIPPED_TOKENIZER", "TextEncoder", "load_tokenizer", "tokenize",
+           "encode_prompts", "t5_config_from_shapes", "load_t5_encoder", "tokenizer_folder",
+           "load_text_encoder"]

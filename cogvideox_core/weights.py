@@ -1,0 +1,450 @@
+"""Loading CogVideoX weights into the core's models, offline, shape-checked, each tensor once.
+
+How a load goes (:func:`load_transformer`, :func:`load_vae`, and :mod:`cogvideox_core.text`):
+
+1. :func:`~cogvideox_core.weight_files.locate` finds the component and its files from headers;
+   :mod:`~cogvideox_core.keymaps` maps its key layout onto diffusers keys (a *plan*).
+2. The family and config come from the planned keys and shapes (and ``config.json`` when a
+   folder has one), never from a file name.
+3. The model is built on the meta device (no memory), the plan is checked against its state
+   dict (missing, unexpected, wrong shape: a :class:`WeightsError` naming the file), then the
+   tensors are read one at a time, converted to their storage dtype and device as they are
+   read, and assigned (``load_state_dict(strict=True, assign=True)``): nothing is allocated
+   twice. Each tensor is allocated once in its final dtype on its final device and filled by
+   positioned reads at the offsets of the (validated) header (:func:`read_source`): straight
+   into it when the stored dtype is wanted on the CPU, else through an 8 MiB staging buffer,
+   converted piece by piece, so loading to a GPU needs no CPU copy of the weights either. No
+   memory map: ``safe_open``'s mapped pages count in the process's RSS while mapped and fault
+   in 4 kB at a time; plain reads measured 3-8x faster here and keep peak RSS at the loaded
+   weights plus the staging buffer (``tests/test_weights.py`` measures and prints the ratio).
+4. The models compute their positional tables lazily, so the only buffer is the learned
+   ``patch_embed.pos_embedding`` (persistent, loaded). A meta tensor left after loading is a bug
+   and raises.
+
+Storage dtype. ``dtype`` (float32, bfloat16, float16) is the compute dtype and, by default, the
+storage dtype of every weight. ``weight_dtype=torch.float8_e4m3fn`` (or e5m2) stores the large
+matmul weights of the blocks in fp8 (attention q/k/v/out and the feed-forward projections: 86%
+of a 5B transformer's parameters, 79% of a 2B's) and computes through
+:class:`~cogvideox_core.ops.cast_ops`, which casts them to the input dtype per call.
+Everything else stays in ``dtype``: the adaLN modulation linears (their output scales every
+activation; Kijai's wrapper found fp8 there breaks 1.5), norms, biases, the patch/time/ofs
+embeddings, ``norm_out`` and ``proj_out``.
+Files stored in fp8 are upcast to ``dtype`` unless fp8 storage is asked for; ComfyUI
+``scaled_fp8`` files are dequantised (weight x ``scale_weight``) while reading.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Callable, Collection, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .errors import WeightsError
+from .families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
+                       detect_transformer_config, get_family)
+from .keymaps import Found, Plan, Source, find_transformer, split_scales, t5_plan, transformer_plan, vae_plan
+from .ops import AttentionFn, Ops, cast_ops, default_ops, sdpa_attention
+from .weight_files import (COMPONENTS, DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
+                           index_files, index_shapes, is_model_root, locate, read_header, read_into,
+                           weight_files)
+
+if TYPE_CHECKING:
+    from .transformer import CogVideoXTransformer
+    from .vae import CogVideoXVAE
+
+logger = logging.getLogger(__name__)
+
+STAGE_BYTES = 8 * 2**20  # the staging buffer converted tensors pass through
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Transformer weights that fp8 storage applies to (see the module docstring).
+FP8_TRANSFORMER_KEYS = re.compile(
+    r"^transformer_blocks\.\d+\.(attn1\.to_(q|k|v|out\.0)|ff\.net\.(0\.proj|2))\.weight$")
+# Keys a file may carry that a model without them recomputes (non-learned sincos tables saved
+# by older diffusers / VideoX-Fun code, or SAT's 2B table): dropped when the model has none.
+_RECOMPUTED = frozenset({"patch_embed.pos_embedding"})
+_PLANNERS = {"transformer": transformer_plan, "vae": vae_plan, "text_encoder": t5_plan}
+
+
+# ---- what is at a path ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What :func:`inspect_path` found: components, family, configs (from headers only)."""
+
+    path: Path
+    components: dict[str, Component]
+    family: str | None = None
+    transformer_config: TransformerConfig | None = None
+    vae_config: VAEConfig | None = None
+
+    @property
+    def component_names(self) -> list[str]:
+        return [c for c in COMPONENTS if c in self.components]
+
+    def to_dict(self) -> dict[str, object]:
+        """A JSON-ready summary: ``family``, ``components``, files, layouts, sizes, configs."""
+        comps = {}
+        for name in self.component_names:
+            comp = self.components[name]
+            comps[name] = {"files": [str(f) for f in comp.files], "tensors": len(comp.index),
+                           "bytes": comp.nbytes, "dtypes": comp.dtypes(),
+                           "layout": comp.found.layout if comp.found else None,
+                           "prefix": comp.found.prefix if comp.found else None}
+        return {"path": str(self.path), "family": self.family, "components": self.component_names,
+                "details": comps,
+                "transformer_config": _as_json(self.transformer_config),
+                "vae_config": _as_json(self.vae_config)}
+
+
+def _as_json(cfg: object | None) -> dict[str, object] | None:
+    return None if cfg is None else dataclasses.asdict(cfg)  # type: ignore[call-overload]
+
+
+def inspect_path(path: str | Path) -> ModelInfo:
+    """Family and components at ``path`` (model root, component folder or single file), from
+    safetensors headers and config files only: instant on any size."""
+    path = Path(path).expanduser()
+    comps = locate(path)
+    if not comps:
+        raise WeightsError(_not_found(path, "transformer, VAE or T5 encoder"))
+    family = cfg = vae_cfg = None
+    if "transformer" in comps:
+        family, cfg = detect_family(comps["transformer"])
+    if "vae" in comps:
+        vae_cfg = vae_config(comps["vae"])
+    return ModelInfo(path, comps, family, cfg, vae_cfg)
+
+
+def _not_found(path: Path, what: str) -> str:
+    if path.is_file():
+        return f"{path}: not a CogVideoX {what}: {describe_keys(read_header(path))}"
+    return f"{path}: no CogVideoX {what} weights in this folder"
+
+
+# ---- plans and configs ----------------------------------------------------------------------
+
+def component_plan(comp: Component) -> Plan:
+    """diffusers key -> source for a located transformer, VAE or T5 component."""
+    if comp.found is None or comp.name not in _PLANNERS:
+        raise WeightsError(f"{comp.location}: no {comp.name} weights found")
+    plan, dropped = _PLANNERS[comp.name](comp.index, comp.found)
+    plan, bookkeeping = split_scales(plan)
+    if dropped:
+        logger.debug("%s: not loaded (recomputed or unused): %s", comp.location, dropped)
+    if bookkeeping:
+        logger.info("%s: scaled fp8 weights, dequantised while reading", comp.location)
+    return plan
+
+
+def plan_shapes(plan: Mapping[str, Source], shapes: Mapping[str, Sequence[int]],
+                where: str = "weights") -> dict[str, tuple[int, ...]]:
+    """The shape each planned target will have, from the stored ``shapes`` of the source keys."""
+    out = {}
+    for target, src in plan.items():
+        stored = tuple(shapes[src.key])
+        if src.chunks > 1 and (not stored or stored[0] % src.chunks):
+            raise WeightsError(f"{where}: {src.key!r} {list(stored)} cannot be cut into "
+                               f"{src.chunks} equal parts along dim 0")
+        out[target] = src.shape(stored)
+    return out
+
+
+def detect_transformer(shapes: Mapping[str, Sequence[int]], config: Mapping[str, object] | None = None,
+                       family: str | None = None, where: str = "weights"
+                       ) -> tuple[str, TransformerConfig, Found]:
+    """Family name, config and key layout of the transformer in ``shapes`` (stored key ->
+    shape, any supported layout). ``config`` is a folder's ``config.json``; ``family`` overrides
+    the detected name and, without a config, also says RoPE or not (2B vs 5B class), which a
+    tiny test width cannot show."""
+    found = find_transformer(shapes)
+    if found is None:
+        raise WeightsError(f"{where}: not a CogVideoX transformer: no 'patch_embed.proj.weight' beside "
+                           "'transformer_blocks.0' (diffusers), 'blocks.0.q' (ComfyUI) or 'mixins.' "
+                           f"(SAT) keys; {describe_keys(shapes)}")
+    plan, _ = split_scales(transformer_plan(shapes, found)[0])
+    name, cfg = _detect(plan_shapes(plan, shapes, where), config, family, where)
+    return name, cfg, found
+
+
+def detect_family(comp: Component, family: str | None = None,
+                  plan: Mapping[str, Source] | None = None) -> tuple[str, TransformerConfig]:
+    """Family name and config of a located transformer (``family`` overrides the name);
+    ``plan`` is its :func:`component_plan` if already made."""
+    plan = component_plan(comp) if plan is None else plan
+    return _detect(plan_shapes(plan, index_shapes(comp.index), comp.location), comp.config, family,
+                   comp.location)
+
+
+def _detect(shapes: Mapping[str, Sequence[int]], config: Mapping[str, object] | None,
+            family: str | None, where: str) -> tuple[str, TransformerConfig]:
+    if family is not None and config is None:
+        config = {"use_rotary_positional_embeddings": get_family(family).transformer.uses_rope}
+    try:
+        return detect_transformer_config(shapes, config, family)
+    except NotCogVideoXError as e:
+        raise WeightsError(f"{where}: not a CogVideoX transformer: {e}") from None
+
+
+def vae_config(comp: Component) -> VAEConfig:
+    """The VAE config from the folder's ``config.json``, else from the weights' shapes."""
+    if comp.config is not None:
+        return VAEConfig.from_diffusers(comp.config)
+    return vae_config_from_shapes(plan_shapes(component_plan(comp), index_shapes(comp.index)), comp.location)
+
+
+def vae_config_from_shapes(shapes: Mapping[str, Sequence[int]], where: str = "VAE") -> VAEConfig:
+    """Channels and depth from the encoder's shapes. Not visible in shapes and taken as the
+    released VAE has them: 32 norm groups, 4x temporal compression; the scaling factor is the
+    family's (:attr:`Family.vae_scaling_factor`), the model works on unscaled latents."""
+    downs = sorted({int(k.split(".")[2]) for k in shapes if k.startswith("encoder.down_blocks.")})
+    resnets = {int(k.split(".")[4]) for k in shapes if k.startswith("encoder.down_blocks.0.resnets.")}
+    try:
+        blocks = tuple(int(shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.conv.weight"][0]) for i in downs)
+        cfg = VAEConfig(in_channels=int(shapes["encoder.conv_in.conv.weight"][1]),
+                        out_channels=int(shapes["decoder.conv_out.conv.weight"][0]),
+                        block_out_channels=blocks, layers_per_block=len(resnets),
+                        latent_channels=int(shapes["encoder.conv_out.conv.weight"][0]) // 2)
+    except KeyError as e:
+        raise WeightsError(f"{where}: not a CogVideoX VAE: no {e.args[0]!r}") from None
+    if any(c % cfg.norm_num_groups for c in blocks):
+        raise WeightsError(f"{where}: channels {list(blocks)} are not multiples of 32, so the "
+                           "GroupNorm groups cannot be inferred: pass config= (a VAEConfig) or "
+                           "use a folder with its config.json")
+    return cfg
+
+
+def find_component(path: str | Path, name: str) -> Component:
+    """The ``name`` component at ``path``, or a :class:`WeightsError` saying what is there."""
+    path = Path(path).expanduser()
+    comps = locate(path)
+    comp = comps.get(name)
+    if comp is not None and comp.found is not None:
+        return comp
+    what = {"text_encoder": "T5 encoder", "vae": "VAE"}.get(name, name)
+    if path.is_dir() and is_model_root(path):
+        raise WeightsError(f"{path}: a model root without a usable {name}/ folder "
+                           f"(it has: {', '.join(comps) or 'nothing loadable'})")
+    if comps:
+        raise WeightsError(f"{path}: not a CogVideoX {what} (found: {', '.join(comps)})")
+    raise WeightsError(_not_found(path, what))
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+DtypeFor = Callable[[str], torch.dtype]
+
+
+def read_plan(plan: Mapping[str, Source], index: TensorIndex, dtype_for: DtypeFor,
+              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Read every planned tensor once (tied targets share it), converted as it is read."""
+    targets: dict[Source, list[str]] = {}
+    for target, src in plan.items():
+        targets.setdefault(src, []).append(target)
+    scales = {key: t.float() for key, t in
+              _read_raw({s.scale_key for s in plan.values() if s.scale_key}, index).items()}
+    stage = torch.empty(STAGE_BYTES, dtype=torch.uint8)
+    out: dict[str, torch.Tensor] = {}
+    order = sorted(targets, key=lambda s: (str(index[s.key].file), index[s.key].offset, s.pick))
+    for file, group in groupby(order, key=lambda s: index[s.key].file):
+        with open(file, "rb", buffering=0) as f:
+            for src in group:
+                names = targets[src]
+                tensor = read_source(f, index[src.key], src, dtype_for(names[0]), device, stage,
+                                     scales.get(src.scale_key))
+                out.update(dict.fromkeys(names, tensor))
+    return out
+
+
+def _read_raw(keys: Collection[str], index: TensorIndex) -> dict[str, torch.Tensor]:
+    """Tensors as stored (dtype, CPU)."""
+    if not keys:
+        return {}
+    return read_plan({k: Source(k) for k in keys}, index, lambda k: DTYPES[index[k].dtype])
+
+
+def read_source(f: BinaryIO, entry: TensorEntry, src: Source, dtype: torch.dtype,
+                device: torch.device | str, stage: torch.Tensor,
+                scale: torch.Tensor | None = None) -> torch.Tensor:
+    """One planned tensor, allocated once as ``dtype`` on ``device`` and filled from the file.
+
+    Stored as it is wanted (dtype, CPU, no scale): its bytes are read straight into it.
+    Otherwise they pass through ``stage`` (a uint8 buffer) piece by piece, converted (and
+    scaled, and copied to the device) as they go: the only memory besides the result is the
+    stage. SAT's fused tensors read just the byte ranges of the parts they ``pick``.
+    """
+    out = torch.empty(src.shape(entry.shape), dtype=dtype, device=device)
+    stored = DTYPES[entry.dtype]
+    part = entry.nbytes // src.chunks  # dim-0 parts of a row-major tensor are byte ranges
+    ranges = [(entry.offset + i * part, part) for i in src.pick]
+    flat = out.view(-1)
+    if dtype == stored and out.device.type == "cpu" and scale is None:
+        dest, pos = memoryview(flat.view(torch.uint8).numpy()), 0
+        for offset, n in ranges:
+            read_into(f, offset, dest[pos:pos + n], entry.file)
+            pos += n
+        return out
+    step, pos = len(stage) // stored.itemsize * stored.itemsize, 0
+    for offset, n in ranges:
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            read_into(f, offset + start, memoryview(stage[:size].numpy()), entry.file)
+            piece = stage[:size].view(stored)
+            piece = piece.to(torch.float32) * scale if scale is not None else piece
+            flat[pos:pos + piece.numel()].copy_(piece)
+            pos += piece.numel()
+    return out
+
+
+def storage_dtypes(dtype: torch.dtype, weight_dtype: torch.dtype | None,
+                   fp8_keys: re.Pattern[str]) -> DtypeFor:
+    """Per-key storage dtype: ``weight_dtype`` (fp8) for keys matching ``fp8_keys``, ``dtype``
+    for the rest; ``dtype`` everywhere without ``weight_dtype``."""
+    check_dtypes(dtype, weight_dtype)
+    if weight_dtype is None or weight_dtype == dtype:
+        return lambda key: dtype
+    return lambda key: weight_dtype if fp8_keys.match(key) else dtype
+
+
+def check_dtypes(dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
+    """``ValueError`` unless ``dtype`` is a compute dtype and ``weight_dtype`` None or fp8."""
+    if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"dtype={dtype} must be one of float32, bfloat16, float16 (the compute "
+                         "dtype); fp8 storage is weight_dtype=torch.float8_e4m3fn")
+    if weight_dtype is not None and weight_dtype not in FP8_DTYPES + (dtype,):
+        raise ValueError(f"weight_dtype={weight_dtype} must be None, {dtype} or an fp8 dtype "
+                         "(torch.float8_e4m3fn, torch.float8_e5m2)")
+
+
+def load_module(model: nn.Module, plan: Mapping[str, Source], index: TensorIndex,
+                dtype_for: DtypeFor, device: torch.device | str, where: str) -> nn.Module:
+    """Check ``plan`` against ``model`` (built on meta), read it and assign it: strict."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
+    plan = _fit_plan(plan, expected.keys())
+    _check_plan(expected, plan_shapes(plan, index_shapes(index), where), where)
+    state = read_plan(plan, index, dtype_for, device)
+    model.load_state_dict(state, strict=True, assign=True)
+    _check_materialised(model)
+    return model.eval().requires_grad_(False)
+
+
+def _fit_plan(plan: Mapping[str, Source], wanted: Iterable[str]) -> dict[str, Source]:
+    wanted = set(wanted)
+    extra = [k for k in plan if k in _RECOMPUTED and k not in wanted]
+    if extra:
+        logger.info("not loading %s: this family recomputes it", extra)
+    return {k: v for k, v in plan.items() if k not in extra}
+
+
+def _check_plan(expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]],
+                where: str) -> None:
+    missing = sorted(expected.keys() - got.keys())
+    unexpected = sorted(got.keys() - expected.keys())
+    wrong = [f"{k} {list(got[k])} (expected {list(v)})" for k, v in expected.items()
+             if k in got and tuple(got[k]) != v]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            more = f" and {len(items) - 4} more" if len(items) > 4 else ""
+            problems.append(f"{label}: {', '.join(items[:4])}{more}")
+    if problems:
+        raise WeightsError(f"{where}: the weights do not fit the model their shapes describe; "
+                           + "; ".join(problems))
+
+
+def _check_materialised(model: nn.Module) -> None:
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(model).__name__} kept meta tensors after loading: {left[:4]}: "
+                           "a non-persistent buffer must be computed lazily, not in __init__")
+
+
+# ---- public loaders -------------------------------------------------------------------------
+
+def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
+                     device: torch.device | str = "cpu", family: str | None = None,
+                     ops: Ops | None = None, attention: AttentionFn | None = None,
+                     weight_dtype: torch.dtype | None = None) -> tuple[CogVideoXTransformer, Family]:
+    """The CogVideoX transformer at ``path`` (model root, ``transformer/`` folder or single
+    file in any supported layout) and its :class:`Family`, with the detected config.
+
+    ``family`` overrides the detected name where shapes cannot tell (tiny test models of the
+    2B/5B split) and is checked against the shapes. ``weight_dtype`` fp8: see the module doc.
+    ``ops`` defaults to :data:`default_ops`, or :class:`cast_ops` when storage and compute differ.
+    """
+    from .transformer import CogVideoXTransformer  # deferred: `info` needs no model code
+
+    comp = find_component(path, "transformer")
+    plan = component_plan(comp)
+    name, cfg = detect_family(comp, family, plan)
+    dtype_for = storage_dtypes(dtype, weight_dtype, FP8_TRANSFORMER_KEYS)
+    _warn_precision(name, dtype, comp)
+    if ops is None:
+        ops = cast_ops if weight_dtype not in (None, dtype) else default_ops
+    model = CogVideoXTransformer(cfg, ops=ops, dtype=dtype, device="meta",
+                                 attention=attention or sdpa_attention)
+    load_module(model, plan, comp.index, dtype_for, device, comp.location)
+    logger.info("loaded %s transformer from %s (%s)", name, comp.location, _dtype_note(dtype, weight_dtype))
+    return model, dataclasses.replace(get_family(name), transformer=cfg)
+
+
+def load_vae(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+             config: VAEConfig | None = None, ops: Ops | None = None) -> CogVideoXVAE:
+    """The CogVideoX VAE at ``path`` (model root, ``vae/`` folder or single file); the config
+    comes from ``config``, the folder's ``config.json`` or the shapes."""
+    from .vae import CogVideoXVAE
+
+    check_dtypes(dtype, None)
+    comp = find_component(path, "vae")
+    cfg = config or vae_config(comp)
+    model = CogVideoXVAE(cfg, ops=ops or default_ops, dtype=dtype, device="meta")
+    load_module(model, component_plan(comp), comp.index, lambda key: dtype, device, comp.location)
+    logger.info("loaded VAE from %s (%s)", comp.location, dtype)
+    return model
+
+
+def read_state_dict(path: str | Path, dtype: torch.dtype | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Every tensor of a ``.safetensors`` file (or a folder's weight files) under its own key,
+    converted to ``dtype`` if given. For small things: the whole dict is in memory."""
+    path = Path(path).expanduser()
+    files = weight_files(path) if path.is_dir() else [path]
+    index = index_files(files)
+    plan = {k: Source(k) for k in index}
+    return read_plan(plan, index, lambda k: dtype or DTYPES[index[k].dtype], device)
+
+
+def _warn_precision(name: str, dtype: torch.dtype, comp: Component) -> None:
+    if dtype == torch.float16 and not name.startswith(("2b", "fun-2b")):
+        logger.warning("%s: the %s weights are bf16-trained; float16 gives NaN or black video: "
+                       "use bfloat16", comp.location, name)
+    stored = set(comp.dtypes())
+    if stored & {"F8_E4M3", "F8_E5M2"}:
+        logger.info("%s: stored in fp8; weights are upcast to %s unless weight_dtype is fp8",
+                    comp.location, dtype)
+
+
+def _dtype_note(dtype: torch.dtype, weight_dtype: torch.dtype | None) -> str:
+    if weight_dtype in (None, dtype):
+        return str(dtype)
+    return f"{weight_dtype} block weights, computed in {dtype}"
+
+
+def model_bytes(model: nn.Module) -> int:
+    """Bytes of a model's parameters and buffers (shared storage counted once)."""
+    seen: dict[int, int] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(seen.values())
+
+
+__all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "plan_shapes",
+           "detect_transformer", "detect_family", "vae_config", "vae_config_from_shapes", "read_plan",
+           "read_source", "storage_dtypes", "check_dtypes", "load_module", "load_transformer", "load_vae",
+           "read_state_dict", "model_bytes", "FP8_TRANSFORMER_KEYS"]
