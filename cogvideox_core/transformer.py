@@ -428,7 +428,7 @@ class CogVideoXTransformer(nn.Module):
             return tokens
         cfg = self.config
         if cfg.learned_positions and (f - 1) * cfg.temporal_compression + 1 == cfg.sample_frames:
-            return tokens + self.patch_embed.pos_embedding.to(tokens.dtype)
+            return tokens + self.patch_embed.pos_embedding.to(tokens)
         if cfg.learned_positions:
             self._warn_learned_fallback(f)
         key = (self._grid(f, h, w), tokens.device, tokens.dtype)
