@@ -1,0 +1,94 @@
+"""``python -m cogvideox_core COMMAND``: the core from a command line.
+
+Each command is a subparser added by a ``_add_<command>(subparsers)`` function that sets
+``run=<function(args) -> exit code>``; :func:`build_parser` lists them, :func:`main` dispatches.
+Errors a user can act on (a missing file, weights of another model) end the command with one
+line on stderr and exit code 1, never a traceback.
+
+``info PATH [--json]``: the family and components at PATH (model root, component folder or one
+``.safetensors`` file), read from headers and config files only: instant on a 10 GB file.
+``generate`` and ``demo`` live in :mod:`cogvideox_core.cli_generate` (``add_commands``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Sequence
+
+from .cli_generate import add_commands as _add_generate_commands
+from .errors import CogVideoXError
+from .weights import ModelInfo, inspect_path
+
+logger = logging.getLogger(__name__)
+
+EXIT_ERROR = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cogvideox_core",
+                                     description="CogVideoX video models on plain torch.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log at DEBUG level and show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_info(sub)
+    _add_generate_commands(sub)  # generate, demo
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args))
+    except (CogVideoXError, ValueError, OSError) as e:  # user-facing: one line, no traceback
+        if args.verbose:
+            raise
+        sys.stderr.write(f"error: {' '.join(str(e).split())}\n")
+        return EXIT_ERROR
+
+
+# ---- info -----------------------------------------------------------------------------------
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="family and components of a model folder or file",
+                       description="Family and components at PATH, from file headers only.")
+    p.add_argument("path", metavar="PATH", help="model root, component folder or .safetensors file")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    info = inspect_path(args.path)
+    text = json.dumps(info.to_dict(), indent=2) if args.json else format_info(info)
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def format_info(info: ModelInfo) -> str:
+    """The human-readable ``info`` report."""
+    lines = [f"path: {info.path}", f"family: {info.family or 'none (no transformer)'}",
+             f"components: {', '.join(info.component_names)}"]
+    for name in info.component_names:
+        comp = info.components[name]
+        if not comp.index:
+            lines.append(f"  {name}: {len(comp.files)} file(s)")
+            continue
+        dtypes = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in comp.dtypes().items())
+        where = comp.found.layout if comp.found else "?"
+        prefix = f", prefix {comp.found.prefix!r}" if comp.found and comp.found.prefix else ""
+        lines.append(f"  {name}: {len(comp.index)} tensors in {len(comp.files)} file(s), "
+                     f"{where} layout{prefix}; {dtypes}")
+    cfg = info.transformer_config
+    if cfg is not None:
+        lines.append(f"  transformer config: {cfg.num_layers} layers, "
+                     f"{cfg.num_heads} heads x {cfg.head_dim}, "
+                     f"{cfg.in_channels} input channels, positions {cfg.positions}"
+                     + (", learned table" if cfg.learned_positions else ""))
+    return "\n".join(lines)
+
+
+__all__ = ["build_parser", "main", "format_info"]

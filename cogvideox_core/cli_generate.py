@@ -1,0 +1,300 @@
+"""``generate`` and ``demo``: the commands of :mod:`cogvideox_core.cli` that make videos.
+
+``generate --model PATH --prompt TEXT --out FILE [...]``: one video from a model on disk (a
+diffusers tree, a transformer folder or one ``.safetensors`` file; ``--vae`` and
+``--text-encoder`` where the model path lacks them). The request is checked against the
+family read from the file headers before any weights are loaded. ``--out`` ending in ``.mp4``
+writes H.264 at the family's frame rate; ``.safetensors`` writes the frames, float32 in 0..1,
+[F, H, W, C], under the key ``frames``.
+
+Long videos: ``--context-frames N --context-overlap N [--context-schedule static|uniform|looped]``
+denoises overlapping windows inside one run (any length); ``--extend-chunks K --extend-overlap O
+[--prompts-file FILE] [--colour-match S]`` chains K generations of ``--frames`` frames, each
+starting from the tail of the video so far, colour-matched to the first (``--end-image`` then
+goes on the last chunk). Both combine: each chunk may be windowed.
+
+``demo [--out FILE]``: a tiny random model of a real family built in memory, run through the
+whole chain (prompt, sampling, decode, mp4): seconds on a CPU.
+
+Heavy modules are imported inside the commands, so ``info`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+OUT_SUFFIXES = (".mp4", ".safetensors")
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register ``generate`` and ``demo`` on the CLI's subparsers."""
+    _add_generate(sub)
+    _add_demo(sub)
+
+
+# ---- generate -------------------------------------------------------------------------------
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from .sampling import SAMPLER_NAMES
+
+    p = sub.add_parser("generate", help="make a video from a model on disk",
+                       description="Text/image/video-to-video with a CogVideoX model on disk.")
+    p.add_argument("--model", required=True, help="model root, transformer folder or .safetensors file")
+    p.add_argument("--vae", help="VAE folder or file (default: from --model)")
+    p.add_argument("--text-encoder", help="T5 encoder folder or file (default: from --model)")
+    p.add_argument("--family", help="family name where the weights cannot tell (see `info`)")
+    p.add_argument("--prompt", help="what the video shows (required unless --prompts-file)")
+    p.add_argument("--negative", default="", help="negative prompt (default: empty)")
+    p.add_argument("--image", action="append", help="start image; repeat for several known start "
+                   "frames (Fun InP)")
+    p.add_argument("--end-image", help="end image (Fun InP)")
+    p.add_argument("--video", help="source video: video-to-video, or the video to inpaint with --mask")
+    p.add_argument("--mask", help="mask image or video for --video (white = generate; Fun InP)")
+    p.add_argument("--control", help="control video (Fun Control/Pose)")
+    p.add_argument("--denoise", type=float, default=1.0, help="video-to-video strength (0, 1]")
+    p.add_argument("--frames", type=int, help="4k+1 frames (default: the family's)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=6.0)
+    p.add_argument("--dynamic-cfg", choices=("diffusers", "step"))
+    p.add_argument("--cfg-sequential", action="store_true", help="uncond and cond in two model "
+                   "calls (less memory)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the family's recommended one")
+    p.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--device", help="default: cuda if available, else cpu")
+    _add_long_video(p)
+    p.add_argument("--out", required=True, help="output .mp4 or .safetensors")
+    p.set_defaults(run=run_generate)
+
+
+def _add_long_video(p: argparse.ArgumentParser) -> None:
+    from .context import SCHEDULES, WEIGHTS
+
+    g = p.add_argument_group("long video", "context windows inside one run, or a chain of runs")
+    g.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
+    g.add_argument("--context-overlap", type=int, default=16, help="context window overlap in frames")
+    g.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static",
+                   help="static windows, uniform (seams move every step) or looped (seamless loops)")
+    g.add_argument("--context-weights", choices=tuple(WEIGHTS), default="pyramid")
+    g.add_argument("--context-batch", type=int, default=1, help="windows per model call (memory)")
+    g.add_argument("--extend-chunks", type=int, default=1, help="chunks of --frames frames in a chain "
+                   "(1: one generation); each starts from the tail of the video so far")
+    g.add_argument("--extend-overlap", type=int, default=4, help="frames shared by chained chunks "
+                   "(Fun InP: known frames; image-to-video families: 1)")
+    g.add_argument("--colour-match", type=float, default=1.0, help="match chunk colours to the first "
+                   "chunk's, 0..1 (0: off)")
+    g.add_argument("--prompts-file", help="text file, one prompt per chunk per line (replaces --prompt)")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    """Validate against the family from the headers, load, generate, write."""
+    import torch
+
+    from .runtime import TorchRuntime
+
+    out = _check_out(args.out)
+    start = time.monotonic()
+    family = _family_from_headers(args.model, args.family)
+    request, chain = _request(args, family)
+    runtime = TorchRuntime(device=args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if runtime.device.type == "cuda" else "float32"))
+    models = _load(args, family.name, dtype, runtime)
+    frames = _generate(models, request, runtime, chain)
+    write_frames(frames, out, models.family.fps)
+    sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
+                     f"{models.family.name}, {time.monotonic() - start:.1f} s)\n")
+    return 0
+
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out {path}: the file must end in {' or '.join(OUT_SUFFIXES)}")
+    return out
+
+
+def _family_from_headers(model: str, family: str | None):
+    """The family and transformer config from headers only (no weights read)."""
+    import dataclasses
+
+    from .families import get_family
+    from .weights import detect_family, find_component
+
+    name, cfg = detect_family(find_component(model, "transformer"), family)
+    return dataclasses.replace(get_family(name), transformer=cfg)
+
+
+def _request(args: argparse.Namespace, family):
+    """(request, chain options or None) with the inputs read from files, checked against
+    ``family`` before any weights are loaded (cheap)."""
+    import dataclasses
+
+    from .conditioning import plan_conditioning
+    from .pipeline import GenerateRequest
+
+    prompts = _prompts(args)
+    inputs = _inputs(args)
+    chain = _chain(args, prompts, inputs.end_image)
+    if chain is not None:
+        inputs = dataclasses.replace(inputs, end_image=None)  # on the chain's last chunk instead
+    context = _context(args)
+    request = GenerateRequest(
+        prompt=prompts[0], negative_prompt=args.negative, inputs=inputs, frames=args.frames,
+        height=args.height, width=args.width, steps=args.steps, cfg=args.cfg,
+        dynamic_cfg=args.dynamic_cfg, cfg_batched=not args.cfg_sequential, sampler=args.sampler,
+        seed=args.seed, context=context)
+    plan = plan_conditioning(family, inputs, args.frames, args.height, args.width,
+                             windowed=context is not None)  # refuse before loading
+    if context is not None:
+        context.to_latent(family)
+    if chain is not None:
+        from .extension import check_tail
+
+        check_tail(family, chain, plan.frames, plan.height, plan.width)
+    return request, chain
+
+
+def _prompts(args: argparse.Namespace) -> list[str]:
+    """The prompts file's non-empty lines, else ``--prompt``."""
+    if args.prompts_file is None:
+        if args.prompt is None:
+            raise ValueError("--prompt is missing: give --prompt TEXT or --prompts-file FILE")
+        return [args.prompt]
+    lines = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"--prompts-file {args.prompts_file}: no prompt in it (one per line)")
+    return lines
+
+
+def _context(args: argparse.Namespace):
+    from .context import ContextOptions
+
+    if args.context_frames is None:
+        return None
+    return ContextOptions(args.context_frames, args.context_overlap, args.context_schedule,
+                          args.context_weights, args.context_batch)
+
+
+def _chain(args: argparse.Namespace, prompts: list[str], end_image):
+    """Chain options for ``--extend-chunks`` > 1 (or a prompts file), else None."""
+    from .extension import ChainOptions
+
+    if args.extend_chunks == 1 and len(prompts) == 1:
+        return None
+    if args.prompts_file is not None and len(prompts) != args.extend_chunks:
+        raise ValueError(f"--prompts-file {args.prompts_file}: {len(prompts)} prompts for "
+                         f"--extend-chunks {args.extend_chunks}: give one per chunk")
+    return ChainOptions(args.extend_chunks, args.extend_overlap, args.colour_match, end_image,
+                        prompts if args.prompts_file is not None else None)
+
+
+def _inputs(args: argparse.Namespace):
+    import torch
+
+    from .conditioning import ConditioningInputs
+    from .video_io import read_image, read_video
+
+    image = None if not args.image else torch.cat([read_image(f) for f in args.image])
+    mask = None if args.mask is None else read_video(args.mask)[0].mean(dim=-1)  # [F, H, W]
+    return ConditioningInputs(
+        image=image, end_image=None if args.end_image is None else read_image(args.end_image),
+        video=None if args.video is None else read_video(args.video)[0], mask=mask,
+        control=None if args.control is None else read_video(args.control)[0], denoise=args.denoise)
+
+
+def _load(args: argparse.Namespace, family: str, dtype, runtime):
+    from .pipeline import Models
+    from .text import load_text_encoder
+    from .weights import load_transformer, load_vae
+
+    device = runtime.device
+    transformer, fam = load_transformer(args.model, dtype, device, family=family)
+    vae = load_vae(args.vae or args.model, dtype, device)
+    text = load_text_encoder(args.text_encoder or args.model, dtype, device)
+    return Models(transformer.eval(), fam, vae.eval(), text, scheduler_config(args.model, fam))
+
+
+def scheduler_config(model: str | Path, family):
+    """The ``scheduler/scheduler_config.json`` of the model's tree, else the family's shipped values."""
+    from .sampling import SchedulerConfig
+
+    path = Path(model).expanduser()
+    for root in (path, path.parent):
+        if (root / "scheduler" / "scheduler_config.json").is_file():
+            return SchedulerConfig.from_json(root)
+    return SchedulerConfig(snr_shift_scale=family.snr_shift_scale)
+
+
+def _generate(models, request, runtime, chain=None):
+    from .extension import generate_long
+    from .pipeline import generate
+
+    if chain is None:
+        return generate(models, request, runtime)
+    return generate_long(models, request, chain, runtime)
+
+
+def write_frames(frames: Any, out: Path, fps: float) -> Path:
+    """[F, H, W, C] 0..1 to ``out``: H.264 mp4, or safetensors ``{"frames": float32}``."""
+    if out.suffix.lower() == ".mp4":
+        from .video_io import write_mp4
+
+        return write_mp4(frames, out, fps=fps)
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"frames": frames.float().contiguous().cpu()}, str(out))
+    return out
+
+
+# ---- demo -----------------------------------------------------------------------------------
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from .families import FAMILY_NAMES
+
+    p = sub.add_parser("demo", help="run the whole chain on a tiny random model (seconds, CPU)",
+                       description="Build a tiny random model of a real family in memory and run "
+                                   "prompt -> sampling -> decode -> mp4.")
+    p.add_argument("--out", default="cogvideox_demo.mp4", help="output .mp4 or .safetensors")
+    p.add_argument("--family", default="5b", choices=FAMILY_NAMES)
+    p.add_argument("--frames", type=int, default=25)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--width", type=int, default=160)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: a tiny model's "
+                   "ops are too small to share, and a busy machine makes extra threads spin)")
+    p.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
+    p.add_argument("--context-overlap", type=int, default=16, help="context window overlap in frames")
+    p.add_argument("--context-schedule", default="static", help="static, uniform or looped")
+    p.add_argument("--context-weights", default="pyramid", help="flat or pyramid")
+    p.add_argument("--context-batch", type=int, default=1, help="windows per model call")
+    p.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .demo import run_demo as demo
+
+    _check_out(args.out)
+    torch.set_num_threads(max(1, args.threads))
+    info = demo(args.out, family=args.family, frames=args.frames, height=args.height,
+                width=args.width, steps=args.steps, seed=args.seed, context=_context(args))
+    sys.stdout.write(f"demo: tiny random {info['family']} model ({info['transformer_params']:,} "
+                     f"transformer parameters), {info['steps']} {info['sampler']} steps\n"
+                     f"wrote {info['out']} ({info['frames']} frames, {info['width']}x{info['height']}, "
+                     f"{info['fps']} fps) in {info['seconds']} s\n")
+    return 0
+
+
+__all__ = ["add_commands", "run_generate", "run_demo", "write_frames", "scheduler_config"]

@@ -1,0 +1,323 @@
+"""One generation, every mode: validate, encode the prompt, condition, sample, decode.
+
+The same numbers as diffusers' CogVideoX pipelines (``CogVideoXPipeline``,
+``CogVideoXImageToVideoPipeline``, ``CogVideoXVideoToVideoPipeline``,
+``CogVideoXFunControlPipeline``) for the same weights, seed and scheduler:
+
+- one CPU ``torch.Generator`` seeded with ``seed`` is used, in the pipelines' order, for the
+  I2V/V2V posterior sample, then the initial noise [1, F_lat, C, H_lat, W_lat] (in the
+  transformer's dtype, times ``init_noise_sigma`` = 1), then the stochastic sampler's noise;
+- the transformer sees [noisy latents | conditioning channels] along channels, int timesteps,
+  the T5 states, and ofs for 1.5-I2V; CFG is [uncond, cond] in one batch or two calls;
+- 1.5 odd latent counts: ``padding`` latents of noise in front, dropped after sampling;
+- the final latents times ``1 / vae_scaling_factor`` are decoded and mapped to 0..1 by
+  ``(x / 2 + 0.5).clamp(0, 1)``.
+
+Latents inside the sampler are scaled (times the family's VAE scale); the latents this module
+hands out (:func:`generate_latents`) are unscaled VAE space [1, C, F_lat, H_lat, W_lat], the
+layout of the pack's LATENT outputs, with the padding already dropped.
+
+Context windows (``GenerateRequest.context``): the denoiser runs per window of latent frames
+(:mod:`cogvideox_core.context`) and blends; the transformer only ever sees one window (or
+``batch_windows`` of them), so its memory and its frame limits (Fun-2B: 13 latents) are those of
+a window, whatever the video's length. Per-frame conditioning (the I2V image latent, the Fun InP
+mask and masked video, control latents) is built once for the whole video and sliced with the
+same windows, so each window sees exactly the conditioning of the frames it covers:
+
+- the window holding frame 0 gets the start image (I2V latent, Fun InP known start frames);
+- the window holding the last frame gets the Fun InP end frame (its masked-video latent: the
+  causal VAE puts the end frame in the last latent only, the earlier latents are the same as
+  without an end frame);
+- every other window gets what those frames get in a single run: I2V zeros, Fun InP "nothing
+  known" (mask 0, masked video of the -1 "unknown" pixels), the inpainting mask and video of its
+  frames, the control latents of its frames. Handing the start image to a middle window would
+  tell the model that window's first frame IS the image: the video would jump back to it at
+  every window. Middle windows are tied to the image through the overlaps instead, which are
+  denoised jointly with their neighbours at every step.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from .conditioning import (Conditioning, ConditioningInputs, ConditioningPlan, build_conditioning,
+                           plan_conditioning)
+from .context import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
+from .families import Family
+from .runtime import Runtime, TorchRuntime, call_progress
+from .sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
+                       make_schedule)
+from .sampling.schedules import Schedule
+
+logger = logging.getLogger(__name__)
+
+ModelFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x, t, text) -> v
+CallFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor | None], torch.Tensor]  # + extra
+
+
+@dataclass
+class Models:
+    """The loaded models of one family. ``scheduler`` defaults to the shipped config of the
+    family (snr shift 3.0 for 2B, 1.0 otherwise); ``text_encoder`` is a
+    :class:`~cogvideox_core.text.TextEncoder` (None when prompt embeddings are given)."""
+
+    transformer: torch.nn.Module
+    family: Family
+    vae: torch.nn.Module | None = None
+    text_encoder: Any = None
+    scheduler: SchedulerConfig | None = None
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return self.scheduler or SchedulerConfig(snr_shift_scale=self.family.snr_shift_scale)
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateRequest:
+    """One generation. Sizes in pixels; ``None`` takes the family's default (or, for frames,
+    the source video's length). ``sampler`` None takes the family's recommended one.
+    ``dynamic_cfg``: None, ``"diffusers"`` (the pipelines' formula, raw timestep) or ``"step"``.
+    ``cfg_batched``: [uncond, cond] in one model call (faster) or two (half the activations).
+    ``prompt_embeds`` / ``negative_embeds`` [1, L, D] replace the text encoder when given."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    inputs: ConditioningInputs = field(default_factory=ConditioningInputs)
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int = 50
+    cfg: float = 6.0
+    dynamic_cfg: str | None = None
+    cfg_batched: bool = True
+    sampler: str | None = None
+    seed: int = 0
+    context: ContextOptions | None = None
+    prompt_embeds: torch.Tensor | None = None
+    negative_embeds: torch.Tensor | None = None
+
+
+# ---- the public calls -----------------------------------------------------------------------
+
+@torch.no_grad()
+def generate(models: Models, request: GenerateRequest, runtime: Runtime | None = None) -> torch.Tensor:
+    """Frames [F, H, W, 3] float 0..1 for ``request`` (on the runtime's intermediate device)."""
+    runtime = runtime or TorchRuntime(show_progress=False)
+    plan = validate(models, request)
+    latents = generate_latents(models, request, runtime, plan=plan)
+    return latents_to_frames(models, latents, runtime, frames=plan.frames)
+
+
+@torch.no_grad()
+def generate_latents(models: Models, request: GenerateRequest, runtime: Runtime | None = None,
+                     plan: ConditioningPlan | None = None) -> torch.Tensor:
+    """Final latents [1, C, F_lat, H_lat, W_lat], unscaled VAE space, padding dropped."""
+    runtime = runtime or TorchRuntime(show_progress=False)
+    plan = plan or validate(models, request)
+    scaled = sample_latents(models, request, runtime, plan)  # [1, F_total, C, h, w] scaled
+    return unscale(scaled[:, plan.padding:], models.family)
+
+
+def validate(models: Models, request: GenerateRequest) -> ConditioningPlan:
+    """The request's plan; ``ValueError`` before any heavy work for anything the models cannot do."""
+    get_sampler(request.sampler or models.family.recommended_sampler)
+    _check_numbers(request)
+    context = None if request.context is None else request.context.to_latent(models.family)
+    plan = plan_conditioning(models.family, request.inputs, request.frames, request.height,
+                             request.width, windowed=context is not None)
+    frames = plan.total_latent_frames  # what one model call sees: the video, or one window
+    models.transformer.check_input(frames if context is None else min(context.length, frames),
+                                   plan.height_lat, plan.width_lat)
+    if plan.mode != "t2v" or models.family.conditioning == "inp":
+        _require(models.vae, "vae", plan)
+    if request.prompt_embeds is None:
+        _require(models.text_encoder, "text_encoder", plan)
+    elif request.cfg > 1.0 and request.negative_embeds is None:
+        raise ValueError(f"negative_embeds=None with prompt_embeds and cfg={request.cfg} > 1: "
+                         "guidance needs both (or cfg <= 1)")
+    return plan
+
+
+def _check_numbers(request: GenerateRequest) -> None:
+    if request.steps < 1:
+        raise ValueError(f"steps={request.steps}: must be at least 1")
+    if request.cfg < 0:
+        raise ValueError(f"cfg={request.cfg}: must be >= 0 (1 or less turns guidance off)")
+    if request.dynamic_cfg is not None and request.dynamic_cfg not in DYNAMIC_MODES:
+        raise ValueError(f"dynamic_cfg={request.dynamic_cfg!r}: known: None, {', '.join(DYNAMIC_MODES)}")
+    if not 0 <= request.seed < 2**64:
+        raise ValueError(f"seed={request.seed}: must be in 0..2**64-1")
+
+
+def _require(model: object, name: str, plan: ConditioningPlan) -> None:
+    if model is None:
+        raise ValueError(f"{name}=None: a {plan.mode} request needs it")
+
+
+# ---- text -----------------------------------------------------------------------------------
+
+def encode_text(models: Models, request: GenerateRequest, runtime: Runtime
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(cond, uncond or None) T5 states [1, 226, D] in the transformer's dtype and device.
+
+    The negative prompt ("" by default) is encoded only when CFG is on (cfg > 1), each prompt
+    in its own call, as the pipelines do."""
+    dtype, device = _dtype(models.transformer), runtime.device
+    guided = request.cfg > 1.0
+    if request.prompt_embeds is not None:
+        neg = request.negative_embeds if guided else None
+        return _to(request.prompt_embeds, dtype, device), None if neg is None else _to(neg, dtype, device)
+    runtime.load(models.text_encoder.model)
+    cond = models.text_encoder.encode(request.prompt)
+    uncond = models.text_encoder.encode(request.negative_prompt) if guided else None
+    return _to(cond, dtype, device), None if uncond is None else _to(uncond, dtype, device)
+
+
+def _to(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return x.to(device=device, dtype=dtype)
+
+
+def _dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+# ---- sampling -------------------------------------------------------------------------------
+
+def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
+                   plan: ConditioningPlan) -> torch.Tensor:
+    """Scaled final latents [1, F_total, C, h, w] (padding included), diffusers' draw order."""
+    cond, uncond = encode_text(models, request, runtime)
+    generator = torch.Generator(device="cpu").manual_seed(request.seed)
+    conditioning = make_conditioning(models, request, runtime, plan, generator)
+    schedule = make_schedule(request.steps, models.scheduler_config(), strength=plan.denoise)
+    x = initial_latents(conditioning, schedule, generator, _dtype(models.transformer), runtime.device)
+    denoise = make_denoiser(models, conditioning, cond, uncond, request, schedule)
+    runtime.load(models.transformer)
+    runtime.check_interrupt()
+    sampler = get_sampler(request.sampler or models.family.recommended_sampler)
+    callback = progress_callback(runtime, plan, models.family)
+    return sampler(denoise, x, schedule, generator=generator, callback=callback)
+
+
+def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime,
+                      plan: ConditioningPlan, generator: torch.Generator) -> Conditioning:
+    """Encode the conditioning inputs (I2V/V2V draw from ``generator`` here, before the noise).
+    The Fun InP known-pixel noise uses its own generator seeded with ``seed + 1``."""
+    if models.vae is not None and plan.mode != "t2v":
+        runtime.load(models.vae)
+    aug = torch.Generator(device="cpu").manual_seed((request.seed + 1) % 2**64)
+    return build_conditioning(plan, request.inputs, models.family, models.vae, generator,
+                              aug_generator=aug, dtype=_dtype(models.transformer),
+                              device=runtime.device)
+
+
+def initial_latents(conditioning: Conditioning, schedule: Schedule, generator: torch.Generator,
+                    dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Noise [1, F_total, C, h, w] from ``generator`` on the CPU (diffusers' ``randn_tensor``);
+    V2V: the start latents noised to the schedule's first timestep."""
+    shape = conditioning.plan.noise_shape()
+    noise = torch.randn(shape, generator=generator, device="cpu", dtype=dtype).to(device)
+    if conditioning.init_latents is None:
+        return noise
+    return add_noise(conditioning.init_latents, noise, schedule.timesteps[0], schedule.alphas_cumprod)
+
+
+def model_call(model: torch.nn.Module, ofs: float | None) -> CallFn:
+    """``fn(x, t, context, extra) -> v``: x [B, F, C, h, w] with ``extra`` [B, F, C_e, h, w]
+    concatenated along channels, timestep ``t`` for every batch entry."""
+
+    def call(x: torch.Tensor, t: int, context: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+        if extra is not None:
+            x = torch.cat([x, extra.to(x.dtype)], dim=2)  # [B, F, C + C_e, h, w]
+        timestep = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
+        return model(x, timestep, context, ofs=ofs)
+
+    return call
+
+
+def make_model_fn(models: Models, conditioning: Conditioning, context: LatentContext | None,
+                  schedule: Schedule) -> ModelFn:
+    """``model_fn(x, t, text)`` for :func:`~cogvideox_core.sampling.cfg_denoiser`, windowed
+    when ``context`` is given (conditioning sliced with the windows, see the module doc; a
+    single window covering the video runs through the same path and gives the same numbers)."""
+    call = model_call(models.transformer, conditioning.plan.ofs)
+    extra = conditioning.extra  # [1, F_total, C_e, h, w] or None
+
+    def whole(x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
+        return call(x, t, text, None if extra is None else extra.expand(x.shape[0], *extra.shape[1:]))
+
+    if context is None:
+        return whole
+
+    def windowed(x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
+        step = schedule.timesteps.index(t)
+        windows, weights = plan_windows(context, x.shape[1], step, len(schedule))
+        full = None if extra is None else extra.expand(x.shape[0], *extra.shape[1:])
+
+        def per_window(xw: torch.Tensor, wins: list[list[int]]) -> torch.Tensor:
+            ew = None if full is None else slice_windows(full, wins)  # [n*B, L, C_e, h, w]
+            return call(xw, t, text.repeat(len(wins), 1, 1), ew)
+
+        return run_windows(per_window, x, windows, weights, context.batch_windows)
+
+    return windowed
+
+
+def make_denoiser(models: Models, conditioning: Conditioning, cond: torch.Tensor,
+                  uncond: torch.Tensor | None, request: GenerateRequest, schedule: Schedule):
+    """The guided ``denoise(x, t) -> v`` (float32) the samplers call."""
+    context = None if request.context is None else request.context.to_latent(models.family)
+    model_fn = make_model_fn(models, conditioning, context, schedule)
+    return cfg_denoiser(model_fn, cond, uncond, request.cfg, batched=request.cfg_batched,
+                        dynamic=request.dynamic_cfg, timesteps=schedule.timesteps)  # type: ignore[arg-type]
+
+
+def progress_callback(runtime: Runtime, plan: ConditioningPlan, family: Family
+                      ) -> Callable[[dict[str, Any]], None]:
+    """Sampler callback: ``runtime.progress(step, total, preview)`` then the interrupt check.
+    ``step`` counts completed model calls (1..total); ``preview`` is the predicted clean
+    latents, unscaled [1, C, F_lat, h, w] without padding."""
+
+    def callback(info: dict[str, Any]) -> None:
+        preview = unscale(info["denoised"][:, plan.padding:], family)
+        call_progress(runtime, info["step"] + 1, info["total"], preview)
+
+    return callback
+
+
+# ---- latents to frames ----------------------------------------------------------------------
+
+def unscale(latents: torch.Tensor, family: Family) -> torch.Tensor:
+    """Scaled sampler latents [B, F, C, h, w] -> VAE latents [B, C, F, h, w] (``1 / s * z``, as
+    the pipelines' ``decode_latents``)."""
+    return (1 / family.vae_scaling_factor) * latents.permute(0, 2, 1, 3, 4)
+
+
+def decode_latents(vae: torch.nn.Module, z: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """VAE latents [B, C, F_lat, h, w] -> video [B, 3, F, H, W] in -1..1. The single place a
+    tiled decode plugs in."""
+    runtime.load(vae)
+    return vae.decode(z.to(runtime.device))
+
+
+@torch.no_grad()
+def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | None = None,
+                      frames: int | None = None) -> torch.Tensor:
+    """Unscaled latents [1, C, F_lat, h, w] -> frames [F, H, W, 3] 0..1, the first ``frames``
+    of them (an even latent count decodes to 4 F_lat frames, one frame more per latent than
+    asked, as diffusers' VAE does)."""
+    runtime = runtime or TorchRuntime(show_progress=False)
+    if models.vae is None:
+        raise ValueError("vae=None: decoding latents to frames needs the VAE")
+    video = decode_latents(models.vae, latents, runtime)  # [1, 3, F, H, W]
+    out = (video / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).float()  # [F, H, W, 3]
+    if frames is not None:
+        out = out[:frames]
+    return out.to(runtime.intermediate_device)
+
+
+__all__ = ["Models", "GenerateRequest", "generate", "generate_latents", "validate", "encode_text",
+           "sample_latents", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
+           "model_call", "progress_callback", "unscale", "decode_latents", "latents_to_frames"]

@@ -1,0 +1,169 @@
+"""Loader nodes: the transformer, the VAE, the T5 text encoder and LoRAs.
+
+Weights are read by the core (``cogvideox_core.weights`` / ``.text`` / ``.lora``) onto the
+offload device with the host's layer classes, then wrapped for the host's memory manager; the
+family is detected from the weights, never from a file name.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..cogvideox_core.families import FAMILY_NAMES
+from ..cogvideox_core.lora import load_lora
+from ..cogvideox_core.sampling import SchedulerConfig
+from ..cogvideox_core.text import load_text_encoder
+from ..cogvideox_core.weights import load_transformer, load_vae
+from . import host
+from .common import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle, choice, float_input, tip
+
+# Storage dtype choices; "auto" is bf16 where the device supports it, else fp32. fp8 stores
+# the block matmul weights in fp8 and computes in the auto dtype (see cogvideox_core.weights).
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+MODEL_DTYPES = ("auto", *DTYPES, *FP8)
+VAE_DTYPES = ("auto", *DTYPES)
+T5_DTYPES = ("auto", *DTYPES, "fp8_e4m3fn")
+ATTENTION = ("auto", "comfy", "sdpa")
+
+
+def resolve_dtype(name: str, value: str, allowed: tuple[str, ...], role: str) -> tuple[torch.dtype, torch.dtype | None]:
+    """(compute dtype, fp8 storage dtype or None) for a dtype input."""
+    choice(name, value, allowed)
+    if value in DTYPES:
+        return DTYPES[value], None
+    device = host.devices(role)[0]
+    auto = torch.bfloat16 if host.supports_bf16(device) else torch.float32
+    return auto, FP8.get(value)
+
+
+def _scheduler(path: Path) -> SchedulerConfig | None:
+    """The shipped scheduler config of a diffusers root, if it has one."""
+    config = path / "scheduler" / "scheduler_config.json"
+    return SchedulerConfig.from_json(config) if config.is_file() else None
+
+
+class CogVideoXModelLoader:
+    DESCRIPTION = ("Loads a CogVideoX transformer (2B, 5B, 5B-I2V, 1.5, Fun InP/Control) from a "
+                   "diffusers folder or a single .safetensors file; the family is detected from the "
+                   "weights.")
+    CATEGORY = "CogVideoX/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": tip(host.list_models("transformer"), "A diffusers folder (from models/CogVideo, "
+                         "CogVideoX_Fun, Fun_Models) or a single transformer file (models/diffusion_models)."),
+            "weight_dtype": tip(list(MODEL_DTYPES), "Weight storage: auto = bf16 where supported, else "
+                                "fp32; fp8 stores the block weights in fp8 (half the memory), computed in auto. "
+                                "5B/1.5 weights are bf16-trained: fp16 gives black video."),
+            "attention": tip(list(ATTENTION), "auto/comfy: ComfyUI's attention function; sdpa: torch's "
+                             "scaled_dot_product_attention."),
+        }, "optional": {
+            "family": tip(["auto", *FAMILY_NAMES], "auto detects the family from the weights; set it only "
+                          "for weights whose shapes cannot tell (checked against the shapes).",
+                          advanced=True),
+        }}
+
+    def load(self, model: str, weight_dtype: str = "auto", attention: str = "auto",
+             family: str = "auto") -> tuple[ModelHandle]:
+        path = host.model_path("transformer", model, "model")
+        dtype, storage = resolve_dtype("weight_dtype", weight_dtype, MODEL_DTYPES, "diffusion")
+        choice("attention", attention, ATTENTION)
+        choice("family", family, ("auto", *FAMILY_NAMES))
+        module, fam = load_transformer(
+            path, dtype=dtype, device=host.devices("diffusion")[1],
+            family=None if family == "auto" else family, ops=host.layer_ops(storage is not None),
+            attention=host.attention(attention), weight_dtype=storage)
+        patcher = host.wrap(module, "diffusion")
+        return (ModelHandle(patcher, fam, dtype, model, scheduler=_scheduler(path)),)
+
+
+class CogVideoXVAELoader:
+    DESCRIPTION = ("Loads the CogVideoX causal 3D VAE from models/vae (single file or diffusers vae/ "
+                   "folder) or from a diffusers model folder.")
+    CATEGORY = "CogVideoX/loaders"
+    RETURN_TYPES = (VAE,)
+    RETURN_NAMES = ("vae",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "vae": tip(host.list_models("vae"), "A CogVideoX VAE file or folder, or a diffusers model "
+                       "folder (its vae/ is used)."),
+            "dtype": tip(list(VAE_DTYPES), "auto = bf16 where supported, else fp32."),
+        }}
+
+    def load(self, vae: str, dtype: str = "auto") -> tuple[VAEHandle]:
+        path = host.model_path("vae", vae, "vae")
+        compute, _ = resolve_dtype("dtype", dtype, VAE_DTYPES, "vae")
+        module = load_vae(path, dtype=compute, device=host.devices("vae")[1], ops=host.layer_ops(False))
+        return (VAEHandle(host.wrap(module, "vae"), compute, vae),)
+
+
+class CogVideoXT5Loader:
+    DESCRIPTION = ("Loads a T5-XXL text encoder (models/text_encoders single file such as t5xxl_fp16, "
+                   "a text_encoder/ folder, or a diffusers model folder) with its tokenizer (the "
+                   "shipped T5 tokenizer when none is beside the weights).")
+    CATEGORY = "CogVideoX/loaders"
+    RETURN_TYPES = (T5,)
+    RETURN_NAMES = ("t5",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "t5": tip(host.list_models("text_encoder"), "T5-XXL encoder weights (file or folder), or a "
+                      "diffusers model folder (its text_encoder/ and tokenizer/ are used)."),
+            "dtype": tip(list(T5_DTYPES), "auto = bf16 where supported, else fp32; fp8_e4m3fn stores the "
+                         "projection weights in fp8."),
+        }}
+
+    def load(self, t5: str, dtype: str = "auto") -> tuple[T5Handle]:
+        path = host.model_path("text_encoder", t5, "t5")
+        compute, storage = resolve_dtype("dtype", dtype, T5_DTYPES, "text")
+        enc = load_text_encoder(path, dtype=compute, device=host.devices("text")[1], weight_dtype=storage)
+        return (T5Handle(host.wrap(enc.model, "text"), enc.tokenizer, t5),)
+
+
+class CogVideoXLoraLoader:
+    DESCRIPTION = ("Adds a LoRA to a CogVideoX model (diffusers/PEFT keys, or the kohya-style keys of the "
+                   "CogVideoX-Fun reward LoRAs). Chain several; the model input is left unchanged.")
+    CATEGORY = "CogVideoX/loaders"
+    RETURN_TYPES = (MODEL,)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": tip(MODEL, "The model to add the LoRA to."),
+            "lora": tip(host.list_models("lora"), "A LoRA .safetensors file from models/loras."),
+            "strength": float_input("How strongly the LoRA changes the weights (0 = off, negative "
+                                    "inverts it).", 1.0, -10.0, 10.0),
+        }}
+
+    def load(self, model: ModelHandle, lora: str, strength: float = 1.0) -> tuple[ModelHandle]:
+        if strength == 0.0:
+            return (model,)
+        path = host.model_path("lora", lora, "lora")
+        shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+        weights = load_lora(path, shapes)
+        patcher = model.patcher.clone()
+        patcher.add_patches({k: host.lora_patch(w) for k, w in weights.items()}, strength)
+        return (dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{lora}:{strength:g}")),)
+
+
+NODES: dict[str, Any] = {
+    "CogVideoXModelLoader": (CogVideoXModelLoader, "CogVideoX Model Loader"),
+    "CogVideoXVAELoader": (CogVideoXVAELoader, "CogVideoX VAE Loader"),
+    "CogVideoXT5Loader": (CogVideoXT5Loader, "CogVideoX T5 Text Encoder Loader"),
+    "CogVideoXLoraLoader": (CogVideoXLoraLoader, "CogVideoX LoRA"),
+}

@@ -1,0 +1,167 @@
+"""Sampling nodes: context window options, the sampler, and chained extension.
+
+The sampler is one call of ``cogvideox_core.pipeline.generate_latents`` per batch entry: the
+conditioning is validated against the model's family first, encoded with the seed, sampled
+with the family's scheduler, and the final latents come back unscaled in ComfyUI's video
+latent layout [B, 16, F_lat, H/8, W/8]. The extend node is one
+``cogvideox_core.extension.extend_chain`` call: chunks conditioned on the video's last frames,
+colour-matched to its first chunk and crossfaded on.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from ..cogvideox_core.context import SCHEDULES, WEIGHTS, ContextOptions
+from ..cogvideox_core.extension import ChainOptions, extend_chain
+from ..cogvideox_core.pipeline import GenerateRequest, Models, generate_latents
+from ..cogvideox_core.sampling import SAMPLER_NAMES
+from . import host
+from .common import (CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, SPATIAL, T5, TEMPORAL, VAE, Conditioning,
+                     ModelHandle, T5Handle, VAEHandle, check_frames, choice, float_input, images_tensor,
+                     int_input, latent_samples, tip)
+from .text import encode_lines
+
+SAMPLERS = ("auto", *SAMPLER_NAMES)
+
+
+def sampling_inputs() -> dict[str, tuple]:
+    return {
+        "seed": int_input("Seed of the noise (and of the image/video posterior sample).", 0, 0,
+                          2**64 - 1, control_after_generate=True),
+        "steps": int_input("Denoising steps (50 in the reference pipelines).", 50, 1, 1000),
+        "cfg": float_input("Classifier-free guidance scale; 1 or less turns guidance off (one model "
+                           "call per step).", 6.0, 0.0, 30.0, 0.1),
+        "sampler": tip(list(SAMPLERS), "auto: the family's (DDIM for 2B, DPM for the others); ddim and "
+                       "dpm are the CogVideoX schedulers."),
+    }
+
+
+class CogVideoXContextOptions:
+    DESCRIPTION = ("Context windows for videos longer than the model was trained for: the sampler "
+                   "denoises overlapping windows of frames and blends them at every step.")
+    CATEGORY = "CogVideoX/sampling"
+    RETURN_TYPES = (CONTEXT,)
+    RETURN_NAMES = ("context_options",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "length_frames": int_input("Window length in frames, 4k+1 (49 = the 1.0 models' trained "
+                                       "length).", 49, 1, MAX_FRAMES, TEMPORAL),
+            "overlap_frames": int_input("Frames shared by neighbouring windows (blended).", 16, 0,
+                                        MAX_FRAMES, TEMPORAL),
+            "schedule": tip(list(SCHEDULES), "static: fixed windows; uniform: windows shift every step; "
+                            "looped: the last window wraps to the start (loops)."),
+            "weights": tip(list(WEIGHTS), "How overlapping windows are blended: pyramid ramps, flat "
+                           "averages.", default="pyramid"),
+            "batch_windows": int_input("Windows denoised together in one model call: 1 needs the memory "
+                                       "of one window; more is faster where memory allows.", 1, 1, 64),
+        }}
+
+    def make(self, length_frames: int, overlap_frames: int, schedule: str = "static",
+             weights: str = "pyramid", batch_windows: int = 1) -> tuple[ContextOptions]:
+        choice("schedule", schedule, tuple(SCHEDULES))
+        choice("weights", weights, tuple(WEIGHTS))
+        return (ContextOptions(length_frames, overlap_frames, schedule, weights, batch_windows),)
+
+
+class CogVideoXSampler:
+    DESCRIPTION = ("Generates the video latents: text-to-video, image-to-video, Fun InP/Control or "
+                   "video-to-video, by what the conditioning carries; the latent sets frames and size.")
+    CATEGORY = "CogVideoX/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": tip(MODEL, "From CogVideoX Model Loader (optionally through LoRAs)."),
+            "conditioning": tip(CONDITIONING, "From a CogVideoX text encode or conditioning node."),
+            "latent": tip("LATENT", "An empty latent (or one from a conditioning node): frames, size, batch."),
+            **sampling_inputs(),
+            "denoise": float_input("1 = from pure noise; below 1 only for video-to-video (how much of "
+                                   "the source video changes).", 1.0, 0.01, 1.0),
+        }, "optional": {
+            "context_options": tip(CONTEXT, "Context windows for long videos (CogVideoX Context Options)."),
+        }}
+
+    def sample(self, model: ModelHandle, conditioning: Conditioning, latent: dict, seed: int, steps: int,
+               cfg: float, sampler: str = "auto", denoise: float = 1.0,
+               context_options: ContextOptions | None = None) -> tuple[dict]:
+        samples = latent_samples("latent", latent)
+        choice("sampler", sampler, SAMPLERS)
+        batch, _c, t, h, w = samples.shape
+        vae = conditioning.vae
+        models = Models(model.model, model.family, None if vae is None else vae.model,
+                        scheduler=model.scheduler)
+        runtime = host.runtime(model.patcher, *([] if vae is None else [vae.patcher]))
+        inputs = dataclasses.replace(conditioning.inputs, denoise=float(denoise))
+        outs = []
+        for i in range(batch):  # video i uses seed + i
+            request = GenerateRequest(
+                inputs=inputs, frames=(t - 1) * TEMPORAL + 1, height=h * SPATIAL,
+                width=w * SPATIAL, steps=steps, cfg=cfg, sampler=None if sampler == "auto" else sampler,
+                seed=(seed + i) % 2**64, context=context_options, prompt_embeds=conditioning.positive,
+                negative_embeds=conditioning.negative)
+            outs.append(host.to_intermediate(generate_latents(models, request, runtime)))
+        return ({"samples": torch.cat(outs)},)
+
+
+class CogVideoXExtendVideo:
+    DESCRIPTION = ("Long video by chained extension: generates chunks that each start with the last "
+                   "overlap_frames of the video so far (Fun InP; I2V models: overlap 1), matches their "
+                   "colours to the video's first chunk and crossfades them on. Chain several nodes or "
+                   "set chunks to grow the video.")
+    CATEGORY = "CogVideoX/sampling"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "extend"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": tip(MODEL, "A Fun InP model (or an image-to-video model with overlap 1)."),
+            "conditioning": tip(CONDITIONING, "The prompt for the new chunks (from a CogVideoX text encode node)."),
+            "vae": tip(VAE, "Encodes the known frames and decodes the chunks."),
+            "images": tip("IMAGE", "The video so far; the chunks have its size."),
+            "frames": int_input("Frames of each new chunk, 4k+1, including the overlap.", 49, 5, MAX_FRAMES, TEMPORAL),
+            "overlap_frames": int_input("Last frames of the video each chunk starts from (known frames), "
+                                        "crossfaded over.", 4, 1, MAX_FRAMES),
+            **sampling_inputs(),
+            "chunks": int_input("Chunks to add (chunk k uses seed + k).", 1, 1, 256),
+            "colour_match": float_input("Match each chunk's colours (mean and spread in Oklab) to the video's "
+                                        "first chunk: 1 removes chain drift, 0 is off (the reference).", 1.0, 0.0, 1.0),
+        }, "optional": {
+            "end_image": tip("IMAGE", "The frame the last chunk ends on (Fun InP)."),
+            "t5": tip(T5, "Encodes the prompts below (CogVideoX T5 Text Encoder Loader)."),
+            "prompts": tip("STRING", "One prompt per chunk, one per line (needs t5); empty: the "
+                           "conditioning's prompt for every chunk.", multiline=True, default=""),
+        }}
+
+    def extend(self, model: ModelHandle, conditioning: Conditioning, vae: VAEHandle, images: torch.Tensor,
+               frames: int, overlap_frames: int, seed: int, steps: int, cfg: float, sampler: str = "auto",
+               chunks: int = 1, colour_match: float = 1.0, end_image: torch.Tensor | None = None,
+               t5: T5Handle | None = None, prompts: str = "") -> tuple[torch.Tensor]:
+        video = images_tensor("images", images)
+        check_frames("frames", frames)
+        choice("sampler", sampler, SAMPLERS)
+        end = None if end_image is None else images_tensor("end_image", end_image)[-1:]
+        options = ChainOptions(chunks, overlap_frames, colour_match, end, prompt_embeds=encode_lines(t5, prompts, chunks))
+        models = Models(model.model, model.family, vae.model, scheduler=model.scheduler)
+        request = GenerateRequest(frames=frames, steps=steps, cfg=cfg, seed=seed,
+                                  sampler=None if sampler == "auto" else sampler,
+                                  prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
+        out = extend_chain(models, request, video, options, host.runtime(model.patcher, vae.patcher))
+        return (host.to_intermediate(out),)
+
+
+NODES: dict[str, Any] = {
+    "CogVideoXContextOptions": (CogVideoXContextOptions, "CogVideoX Context Options"),
+    "CogVideoXSampler": (CogVideoXSampler, "CogVideoX Sampler"),
+    "CogVideoXExtendVideo": (CogVideoXExtendVideo, "CogVideoX Extend Video (chained)"),
+}

@@ -1,0 +1,89 @@
+"""VAE nodes: LATENT <-> IMAGE frames with the CogVideoX causal VAE, tiled.
+
+``cogvideox_core.tiling`` decodes and encodes in the reference frame chunks with the causal
+cache carried between them, split spatially into tiles; finished frames leave the compute
+device chunk by chunk. Exact mode (the default) equals the untiled VAE; ``exact`` off blends
+overlapping tiles (faster on small GPUs, not equal). LATENT is unscaled VAE space
+[B, 16, F_lat, H/8, W/8]; IMAGE is [B*F, H, W, 3] in 0..1.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..cogvideox_core.tiling import tiled_decode, tiled_encode
+from . import host
+from .common import MAX_RESOLUTION, SPATIAL, VAE, VAEHandle, check_frames, images_tensor, int_input, latent_samples, tip
+
+
+def tile_inputs() -> dict[str, tuple]:
+    return {
+        "exact": tip("BOOLEAN", "On: results equal the untiled VAE (full-frame statistics, no seams). "
+                     "Off: overlapping tiles blended (seams possible, nothing leaves the GPU between layers).",
+                     default=True, advanced=True),
+        "tile": int_input("Tile size in pixels (a multiple of 8); 0 = chosen from free memory.", 0, 0,
+                          MAX_RESOLUTION, SPATIAL, advanced=True),
+        "overlap": int_input("Tile overlap in pixels for exact off (0 = a quarter tile); exact mode "
+                             "needs none.", 0, 0, MAX_RESOLUTION, SPATIAL, advanced=True),
+    }
+
+
+def _settings(tile: int, overlap: int) -> dict[str, Any]:
+    return {"tile": tile or None, "overlap": overlap or None}
+
+
+class CogVideoXTiledDecode:
+    DESCRIPTION = ("Decodes video latents to frames with the CogVideoX VAE in tiles and frame chunks "
+                   "(memory bounded by a tile); exact by default: equal to the untiled decode.")
+    CATEGORY = "CogVideoX/vae"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"vae": tip(VAE, "From CogVideoX VAE Loader."),
+                             "latent": tip("LATENT", "Video latents from the CogVideoX Sampler.")},
+                "optional": tile_inputs()}
+
+    def decode(self, vae: VAEHandle, latent: dict, exact: bool = True, tile: int = 0,
+               overlap: int = 0) -> tuple[torch.Tensor]:
+        z = latent_samples("latent", latent)
+        runtime = host.runtime(vae.patcher)
+        model = host.load(runtime, vae.patcher)
+        video = tiled_decode(model, z, exact=exact, runtime=runtime, **_settings(tile, overlap))
+        frames = (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
+        return (host.to_intermediate(frames.flatten(0, 1)),)
+
+
+class CogVideoXTiledEncode:
+    DESCRIPTION = ("Encodes frames (4k+1 of them) to video latents with the CogVideoX VAE in tiles "
+                   "(posterior mode, unscaled); exact by default.")
+    CATEGORY = "CogVideoX/vae"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    FUNCTION = "encode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"vae": tip(VAE, "From CogVideoX VAE Loader."),
+                             "images": tip("IMAGE", "Video frames, 4k+1 of them, sides multiples of 8.")},
+                "optional": tile_inputs()}
+
+    def encode(self, vae: VAEHandle, images: torch.Tensor, exact: bool = True, tile: int = 0,
+               overlap: int = 0) -> tuple[dict]:
+        frames = images_tensor("images", images)
+        check_frames("images (frame count)", frames.shape[0])
+        runtime = host.runtime(vae.patcher)
+        model = host.load(runtime, vae.patcher)
+        video = (frames * 2 - 1).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W] in -1..1, any device
+        posterior = tiled_encode(model, video, exact=exact, runtime=runtime,
+                                 **_settings(tile, overlap))
+        return ({"samples": host.to_intermediate(posterior.mode().float())},)
+
+
+NODES: dict[str, Any] = {
+    "CogVideoXTiledDecode": (CogVideoXTiledDecode, "CogVideoX Tiled Decode"),
+    "CogVideoXTiledEncode": (CogVideoXTiledEncode, "CogVideoX Tiled Encode"),
+}
