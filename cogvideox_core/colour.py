@@ -90,12 +90,17 @@ def colour_stats(frames: torch.Tensor) -> ColourStats:
     return ColourStats(mean, (squares / n - mean * mean).clamp(min=0).sqrt())
 
 
-def match_colour(frames: torch.Tensor, reference: ColourStats, strength: float = 1.0) -> torch.Tensor:
+def match_colour(frames: torch.Tensor, reference: ColourStats, strength: float = 1.0,
+                 ramp: bool = False) -> torch.Tensor:
     """``frames`` [F, H, W, 3] with their Oklab mean and spread moved towards ``reference``.
 
     Per channel ``x' = (x - mean) * ref_std / std + ref_mean`` (Reinhard et al. 2001's transfer,
-    in Oklab), then ``x + strength * (x' - x)``: 0 leaves the frames untouched (returned as
-    they are), 1 matches fully. Same dtype and device as ``frames``.
+    in Oklab, with the statistics of all the frames), then ``x + s * (x' - x)`` with ``s =
+    strength``: 0 leaves the frames untouched (returned as they are), 1 matches fully.
+    ``ramp``: ``s`` grows linearly from 0 at the first frame to ``strength`` at the last, so
+    frames that start where a video left off stay continuous with it and the correction is
+    spread over the chunk instead of landing as a step at its start. Same dtype and device as
+    ``frames``.
     """
     _check_frames("frames", frames)
     if not 0.0 <= strength <= 1.0:
@@ -104,14 +109,17 @@ def match_colour(frames: torch.Tensor, reference: ColourStats, strength: float =
         return frames
     own = colour_stats(frames)
     gain = torch.where(own.std > FLAT_STD, reference.std / own.std.clamp(min=FLAT_STD), 1.0)
-    shift = reference.mean - own.mean * gain
-    gain = 1 + strength * (gain - 1)  # x + s (x g + shift - x) = x (1 + s (g - 1)) + s shift
-    shift = strength * shift
-    out = [_affine_lab(part, gain, shift) for part in frames.split(BATCH_FRAMES)]
+    shift = reference.mean - own.mean * gain  # x' = x * gain + shift
+    count = frames.shape[0]
+    s = (torch.linspace(0, 1, count) if ramp and count > 1 else torch.ones(count)) * strength
+    s = s.double().view(-1, 1, 1, 1)  # [F, 1, 1, 1]: x + s (x' - x) = x (1 + s (gain - 1)) + s shift
+    out = [_affine_lab(part, 1 + w * (gain - 1), w * shift)
+           for part, w in zip(frames.split(BATCH_FRAMES), s.split(BATCH_FRAMES))]
     return torch.cat(out).to(frames.dtype)
 
 
 def _affine_lab(rgb: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """rgb [F, H, W, 3] -> Oklab * gain + shift (broadcast, [F, 1, 1, 3] or [3]) -> rgb."""
     lab = rgb_to_oklab(rgb.float())
     return oklab_to_rgb(lab * gain.to(lab) + shift.to(lab))
 

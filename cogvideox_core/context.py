@@ -48,12 +48,21 @@ def latent_to_pixel_frames(latents: int, temporal_compression: int = 4) -> int:
     return (latents - 1) * temporal_compression + 1 if latents > 0 else 0
 
 
+def max_window_latents(family: Family) -> int | None:
+    """The most latent frames one window may have, or None: Fun-2B's resized sincos table covers
+    the frames of its trained grid (13 for the released weights), whatever the video's length."""
+    cfg = family.transformer
+    if cfg.positions == "sincos_resized":
+        return cfg.sample_latent_frames
+    return family.max_latent_frames
+
+
 def check_window_length(length: int, family: Family, frames: int | None = None) -> None:
     """Raise ``ValueError`` if ``family``'s transformer cannot take a window of ``length`` latents.
 
     Every window of a schedule has this length and gets positional tables built for it, so the
     length must be one the family accepts: exactly the learned table's frames for 5B-I2V (the
-    table is a fixed weight), at most ``max_latent_frames`` for Fun-2B (its resized sincos
+    table is a fixed weight), at most :func:`max_window_latents` for Fun-2B (its resized sincos
     table covers 13), an even count for the 1.5 families (time is patched by 2; windows are not
     padded). ``frames`` is the pixel value the user gave, for the message.
     """
@@ -68,8 +77,8 @@ def check_window_length(length: int, family: Family, frames: int | None = None) 
             raise ValueError(f"{what}: {family.name} windows must be exactly {need} latent frames "
                              f"({latent_to_pixel_frames(need, tc)} pixel frames), the size of its "
                              f"learned position table")
-    if family.max_latent_frames is not None and length > family.max_latent_frames:
-        most = family.max_latent_frames
+    most = max_window_latents(family)
+    if most is not None and length > most:
         raise ValueError(f"{what}: {family.name} windows must be at most {most} latent frames "
                          f"({latent_to_pixel_frames(most, tc)} pixel frames), the frames of its "
                          f"position table")
@@ -80,6 +89,11 @@ def check_window_length(length: int, family: Family, frames: int | None = None) 
                          f"{' or '.join(map(str, near))}")
 
 
+def _check_batch(batch_windows: int) -> None:
+    if batch_windows < 1:
+        raise ValueError(f"batch_windows={batch_windows}: must be at least 1 (windows per model call)")
+
+
 @dataclass(frozen=True)
 class LatentContext:
     """Context windows in latent frames, checked: what schedules and the sampler use."""
@@ -88,8 +102,10 @@ class LatentContext:
     overlap: int
     schedule: str = "static"
     weights: str = "pyramid"
+    batch_windows: int = 1
 
     def __post_init__(self) -> None:
+        _check_batch(self.batch_windows)
         if self.length < 1:
             raise ValueError(f"length={self.length} latent frames: must be at least 1")
         if not 0 <= self.overlap < self.length:
@@ -104,14 +120,19 @@ class ContextOptions:
     """Context windows as the user gives them: window length and overlap in PIXEL frames.
 
     :meth:`to_latent` converts to latent frames for a family and applies its rules.
+    ``batch_windows``: windows denoised together in one model call. The transformer's memory
+    is that of ``batch_windows`` windows whatever the video's length (1: the least memory; more:
+    fewer, larger calls, faster on a GPU with memory to spare).
     """
 
     length_frames: int = 49
     overlap_frames: int = 16
     schedule: str = "static"
     weights: str = "pyramid"
+    batch_windows: int = 1
 
     def __post_init__(self) -> None:
+        _check_batch(self.batch_windows)
         if self.length_frames < 1:
             raise ValueError(f"length_frames={self.length_frames}: must be at least 1")
         if self.overlap_frames < 0:
@@ -137,7 +158,7 @@ class ContextOptions:
         logger.info("context windows for %s: %d latent frames (%d pixel), overlap %d (%d pixel), "
                     "%s schedule, %s weights", family.name, length, self.length_frames, overlap,
                     self.overlap_frames, self.schedule, self.weights)
-        return LatentContext(length, overlap, self.schedule, self.weights)
+        return LatentContext(length, overlap, self.schedule, self.weights, self.batch_windows)
 
 
 # --- schedules ---------------------------------------------------------------------------------
@@ -335,9 +356,10 @@ def window_weights(windows: Sequence[Sequence[int]], num_frames: int, weights_na
 
 def plan_windows(ctx: LatentContext, num_frames: int, step_index: int = 0,
                  num_steps: int = 1) -> tuple[list[list[int]], list[torch.Tensor]]:
-    """The windows of ``ctx``'s schedule at one step and their normalised weights."""
+    """The windows of ``ctx``'s schedule at one step and their normalised weights (float64, so
+    that :func:`run_windows` blends equal predictions back to exactly themselves)."""
     windows = get_schedule(ctx.schedule)(num_frames, ctx.length, ctx.overlap, step_index, num_steps)
-    return windows, window_weights(windows, num_frames, ctx.weights)
+    return windows, window_weights(windows, num_frames, ctx.weights, dtype=torch.float64)
 
 
 # --- running a denoiser per window -------------------------------------------------------------
@@ -364,6 +386,10 @@ def _groups(windows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
     return groups
 
 
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def run_windows(denoise_fn: DenoiseFn, x: torch.Tensor, windows: Sequence[Sequence[int]],
                 weights: Sequence[torch.Tensor], batch_windows: int = 1) -> torch.Tensor:
     """Denoise ``x`` [B, F, C, H, W] window by window and blend: ``out[:, idx] += w * pred``.
@@ -373,9 +399,11 @@ def run_windows(denoise_fn: DenoiseFn, x: torch.Tensor, windows: Sequence[Sequen
     and conditioning's frames the same way; it returns a prediction of the same shape. With
     ``batch_windows > 1`` up to that many consecutive equal-length windows go in one call (more
     memory, fewer calls). ``weights`` come from :func:`window_weights` (normalised), so frames
-    shared by windows get a weighted average. Accumulated in float32 (float64 for float64 input)
-    through ``index_add_``, which takes wrapped (looped) index lists as they are; returned in the
-    prediction's dtype. Interrupt checks belong in ``denoise_fn``.
+    shared by windows get a weighted average. Accumulated through ``index_add_`` (which takes
+    wrapped, looped, index lists as they are) in float64, so that windows predicting the same
+    values for a frame blend back to exactly those values (float32 on devices without float64:
+    MPS); the accumulator is latent-sized, small next to one window's activations. Returned in
+    the prediction's dtype. Interrupt checks belong in ``denoise_fn``.
     """
     if len(weights) != len(windows):
         raise ValueError(f"weights: {len(weights)} tensors for {len(windows)} windows")
@@ -383,7 +411,7 @@ def run_windows(denoise_fn: DenoiseFn, x: torch.Tensor, windows: Sequence[Sequen
         raise ValueError(f"batch_windows={batch_windows}: must be at least 1")
     _check_windows(windows, x.shape[1])
     b = x.shape[0]
-    acc = torch.zeros(x.shape, dtype=torch.promote_types(torch.float32, x.dtype), device=x.device)
+    acc = torch.zeros(x.shape, dtype=_accumulator_dtype(x.device), device=x.device)
     out_dtype = x.dtype
     groups = _groups(windows, batch_windows)
     for group in groups:
@@ -403,7 +431,7 @@ def run_windows(denoise_fn: DenoiseFn, x: torch.Tensor, windows: Sequence[Sequen
 
 
 __all__ = ["ContextOptions", "LatentContext", "pixel_to_latent_frames", "latent_to_pixel_frames",
-           "check_window_length", "schedule_static", "schedule_uniform", "schedule_looped",
-           "SCHEDULES", "get_schedule", "weights_flat", "weights_pyramid", "WEIGHTS",
+           "check_window_length", "max_window_latents", "schedule_static", "schedule_uniform",
+           "schedule_looped", "SCHEDULES", "get_schedule", "weights_flat", "weights_pyramid", "WEIGHTS",
            "get_weights", "window_weights", "plan_windows", "slice_windows", "run_windows",
            "ScheduleFn", "WeightsFn", "DenoiseFn"]

@@ -118,9 +118,17 @@ def crossfade(video: torch.Tensor, chunk: torch.Tensor, overlap: int) -> torch.T
 def join(video: torch.Tensor, chunk: torch.Tensor, overlap: int, reference: ColourStats | None,
          colour_match: float = 1.0) -> torch.Tensor:
     """``chunk`` colour-matched to ``reference`` (if given, at strength ``colour_match``), then
-    crossfaded onto ``video`` over ``overlap`` frames."""
+    crossfaded onto ``video`` over ``overlap`` frames.
+
+    The match is ramped (:func:`~cogvideox_core.colour.match_colour` ``ramp=True``): none at the
+    chunk's first frame, full at its last. A chunk starts where the video left off (its first
+    frames redo the tail) and drifts from there; a correction applied evenly would shift its
+    start away from the tail, a visible step at every join. Ramped, the correction follows the
+    drift: the join stays continuous, the chunk's end lands on the reference's colours, so the
+    next chunk starts from them and drift never accumulates (it stays within one chunk's own).
+    """
     if reference is not None and colour_match > 0:
-        chunk = match_colour(chunk, reference, colour_match)
+        chunk = match_colour(chunk, reference, colour_match, ramp=True)
     return crossfade(video, chunk, overlap)
 
 

@@ -134,8 +134,9 @@ class CogVideoXExtendVideo:
                                         "crossfaded over.", 4, 1, MAX_FRAMES),
             **sampling_inputs(),
             "chunks": int_input("Chunks to add (chunk k uses seed + k).", 1, 1, 256),
-            "colour_match": float_input("Match each chunk's colours (mean and spread in Oklab) to the video's "
-                                        "first chunk: 1 removes chain drift, 0 is off (the reference).", 1.0, 0.0, 1.0),
+            "colour_match": float_input("Match each chunk's colours (mean and spread in Oklab) to the "
+                                        "video's first chunk: 1 removes chain drift, 0 is off (the "
+                                        "reference).", 1.0, 0.0, 1.0),
         }, "optional": {
             "end_image": tip("IMAGE", "The frame the last chunk ends on (Fun InP)."),
             "t5": tip(T5, "Encodes the prompts below (CogVideoX T5 Text Encoder Loader)."),
@@ -151,7 +152,8 @@ class CogVideoXExtendVideo:
         check_frames("frames", frames)
         choice("sampler", sampler, SAMPLERS)
         end = None if end_image is None else images_tensor("end_image", end_image)[-1:]
-        options = ChainOptions(chunks, overlap_frames, colour_match, end, prompt_embeds=encode_lines(t5, prompts, chunks))
+        embeds = encode_lines(t5, prompts, chunks)  # one [1, 226, D] per line, or None
+        options = ChainOptions(chunks, overlap_frames, colour_match, end, prompt_embeds=embeds)
         models = Models(model.model, model.family, vae.model, scheduler=model.scheduler)
         request = GenerateRequest(frames=frames, steps=steps, cfg=cfg, seed=seed,
                                   sampler=None if sampler == "auto" else sampler,

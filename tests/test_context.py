@@ -8,7 +8,7 @@ import torch
 
 from cogvideox_core.context import (
     SCHEDULES, WEIGHTS, ContextOptions, LatentContext, check_window_length, get_schedule,
-    get_weights, pixel_to_latent_frames, plan_windows, run_windows, schedule_looped,
+    get_weights, max_window_latents, pixel_to_latent_frames, plan_windows, run_windows, schedule_looped,
     schedule_static, schedule_uniform, slice_windows, weights_pyramid, window_weights,
 )
 from cogvideox_core.families import get_family
@@ -148,7 +148,7 @@ def test_framewise_denoiser_windowed_equals_full(name, weights_name):
         windows, weights = plan_windows(LatentContext(length, overlap, name, weights_name),
                                         num_frames, step, 10)
         out = run_windows(framewise, x, windows, weights)
-        torch.testing.assert_close(out, framewise(x, []), rtol=1e-6, atol=1e-6)
+        assert torch.equal(out, framewise(x, []))  # float64 blending: exactly, not just closely
 
 
 def test_denoiser_gets_window_indices_and_batching_matches():
@@ -190,7 +190,7 @@ def test_batching_keeps_unequal_lengths_apart():
     torch.testing.assert_close(out, -x, rtol=0, atol=1e-6)
 
 
-def test_run_windows_accumulates_in_float32_and_returns_prediction_dtype():
+def test_run_windows_accumulates_in_float64_and_returns_prediction_dtype():
     x = _x(20).to(torch.bfloat16)
     windows, weights = plan_windows(LatentContext(8, 4, "static", "pyramid"), 20)
     out = run_windows(lambda xw, wins: xw, x, windows, weights)
@@ -235,6 +235,17 @@ def test_family_window_rules(family, frames, ok):
         assert family in str(err.value)
 
 
+def test_fun_2b_window_limit_is_its_table_and_batching_carries_over():
+    from cogvideox_core.demo import tiny_family
+
+    tiny = tiny_family("fun-2b-inp")  # a 9-frame (3-latent) table
+    assert max_window_latents(tiny) == 3 and max_window_latents(get_family("fun-2b-inp")) == 13
+    assert max_window_latents(get_family("5b")) is None
+    with pytest.raises(ValueError, match="at most 3 latent frames"):
+        ContextOptions(13, 4).to_latent(tiny)
+    assert ContextOptions(9, 4, batch_windows=4).to_latent(tiny) == LatentContext(3, 1, batch_windows=4)
+
+
 def test_family_messages_state_the_rule():
     with pytest.raises(ValueError, match="even.*77 or 85"):
         ContextOptions(81, 8).to_latent(get_family("1.5-5b"))
@@ -252,6 +263,7 @@ def test_family_messages_state_the_rule():
     (dict(length_frames=17, overlap_frames=17), "overlap_frames=17.*less than length_frames=17"),
     (dict(schedule="batched"), "schedule='batched'.*static, uniform, looped"),
     (dict(weights="relative"), "weights='relative'.*flat, pyramid"),
+    (dict(batch_windows=0), "batch_windows=0"),
 ])
 def test_options_refuse_invalid(kwargs, match):
     with pytest.raises(ValueError, match=match):
