@@ -1,40 +1,44 @@
 """Tiled causal VAE decode and encode: memory bounded by a tile, exact, streaming.
 
 :func:`tiled_decode` / :func:`tiled_encode` run the reference frame chunking
-(:func:`~cogvideox_core.vae.decode_chunks`, 2 latents per chunk) with the causal cache carried
-from chunk to chunk, and split every chunk spatially. Finished frames go to the runtime's
-intermediate device as soon as each chunk's last layer has written them, so compute-device
-memory does not grow with the number of frames. The output is always exactly what
-:meth:`~cogvideox_core.vae.CogVideoXVAE.decode` returns in size: ``decoded_num_frames(F_lat)``
-frames of 8x the latent size, whatever the tile (diffusers' tiler can return 128x199 for a
-128x192 video).
+(:func:`~cogvideox_core.vae.decode_chunks`: 2 latents per chunk, the first taking the odd one)
+with the causal cache carried from chunk to chunk, and split every chunk spatially. A chunk's
+frames go to the runtime's intermediate device as soon as its last layer writes them, so
+compute-device memory does not grow with the number of frames (:func:`iter_tiled_decode` hands
+them over chunk by chunk). The output always has the size :meth:`CogVideoXVAE.decode
+<cogvideox_core.vae.CogVideoXVAE.decode>` gives: ``decoded_num_frames(F_lat)`` frames of 8x the
+latent size, whatever the tile and overlap (diffusers' tiler turns 128x192 into 128x199 with
+96x128 tiles, into 140x202 with 64x96 tiles).
 
 Two modes:
 
-- ``exact=True`` (default): layer by layer over each chunk (:mod:`~cogvideox_core.tiling_exact`),
-  full-frame GroupNorm statistics, a 1-pixel halo per conv instead of overlap and blending. The
-  result equals the untiled decode up to float summation order: max abs difference 1.9e-6 in
-  fp32 on the full-size architecture with random weights at 128x192 (`benchmarks/vae_decode.py`,
-  outputs of magnitude ~20). ``tile`` is a memory budget: the heaviest full-resolution layer runs
-  in regions of at most ``tile`` pixels plus halo; other layers take regions of the same memory
-  (so low-resolution layers usually run whole). Full-frame activations of one chunk (two or
-  three of the widest layer) and the causal tails live on the *store*: the compute device when
-  they take at most a quarter of its free memory, else the runtime's offload device.
-- ``exact=False``: overlapping tiles decoded independently (each with its own causal cache) and
-  blended with linear ramps, as other tilers do, but with the exact output size. Per-tile
-  GroupNorm statistics make it differ from the untiled decode: max abs difference 0.35 (mean
-  0.011) on outputs in about -20..20, full-size random-weight VAE at 128x192, 64x96 tiles with
-  16-pixel overlap (measured with ``benchmarks/vae_decode.py --fast-error``). Its only advantage is
-  that nothing leaves the compute device between layers.
+- ``exact=True`` (default): each chunk runs layer by layer (:mod:`~cogvideox_core.tiling_exact`),
+  each layer region by region with a 1-pixel halo per conv instead of overlap and blending, and
+  GroupNorm statistics of the whole chunk (accumulated while the previous layer writes). The
+  result equals the untiled decode up to float summation order: max abs difference ~1e-5 in
+  fp32 on the full-size architecture with random weights at 128x192, on outputs within +-2.7
+  (``benchmarks/vae_decode.py``). ``tile`` is a memory budget per sample: the widest
+  full-resolution layer runs in regions of at most ``tile`` pixels plus halo; every other layer
+  in regions of no more memory (so low-resolution layers usually run whole). A chunk's
+  full-frame activations (at most two of the widest layer: a resnet's input and its conv1's
+  output) and the causal tails live on the *store*: the compute device when they take at most
+  half of its free memory, else the runtime's offload device.
+- ``exact=False``: overlapping tiles decoded independently, each with its own causal cache, and
+  blended with linear ramps, as other tilers do, with the exact output size. Per-tile GroupNorm
+  statistics make it differ from the untiled decode: max abs difference 0.28, mean 0.011, on
+  outputs within +-2.7 (full-size random-weight VAE, 128x192, 4 latent frames, 64x96 tiles,
+  16-pixel overlap: ``benchmarks/vae_decode.py --fast-error --frames 4``); with that overlap it
+  also recomputes 2.25x the pixels. What it saves: nothing leaves the compute device between
+  layers.
 
-When ``tile`` is None it is chosen from the compute device's free memory
-(:func:`auto_tile_size`); a region that still runs out of memory is redone in halves and the
-budget halved for the rest of the run, keeping every finished region.
+With ``tile=None`` the budget comes from the compute device's free memory (what
+:func:`auto_tile_size` turns into a tile). A region that still runs out of memory is redone in
+halves and the budget halved for the rest of the run; finished regions are kept.
 """
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -44,16 +48,16 @@ from .runtime import ProgressFn, Runtime, TorchRuntime
 from .tiling_exact import Context, OutOfMemoryError, decode_chunk, encode_chunk
 from .tiling_plan import (REF_FRAMES, blend_ramp, budget_elements, check_pair, overlapping_spans,
                           tile_for_budget)
-from .vae import (CogVideoXVAE, DiagonalGaussian, _check_latents, _check_video, decode_chunks,
-                  decoded_num_frames, encode_chunks)
+from .vae import CogVideoXVAE, DiagonalGaussian, _check_latents, _check_video, decode_chunks, encode_chunks
 from .vae_blocks import downsampled_frames, temporal_levels, upsampled_frames
 
 logger = logging.getLogger(__name__)
 
 ENCODE_REF_FRAMES = 15  # a 13-frame first encode chunk + 2 cached frames
-TILE_TENSORS = 4  # region tensors alive at once at a region's peak, in budgets (measured: < 3.5)
+TILE_TENSORS = 4  # region tensors alive at a region's peak, in budgets (about 2 on the CPU)
 FREE_FRACTION = 0.8  # of the free memory, what auto tiles may plan to use
-STORE_FRACTION = 0.25  # the store stays on the compute device when it takes at most this much
+STORE_FRACTION = 0.5  # the store stays on the compute device when it takes at most this much
+FAST_TENSORS = 8  # exact=False: a tile's untiled decode holds about 6 such tensors (fp32, CPU)
 
 
 def auto_tile_size(vae_config: VAEConfig, free_bytes: int, dtype: torch.dtype, *,
@@ -63,8 +67,7 @@ def auto_tile_size(vae_config: VAEConfig, free_bytes: int, dtype: torch.dtype, *
     layer's channels x ``REF_FRAMES`` frames (decode) or 15 (encode) x the tile with its halo.
     At least 8x8 (a smaller device relies on the out-of-memory retry)."""
     channels, frames = _ref_channels(vae_config, encode), ENCODE_REF_FRAMES if encode else REF_FRAMES
-    size = torch.tensor([], dtype=dtype).element_size()
-    elements = int(free_bytes * FREE_FRACTION) // (TILE_TENSORS * size)
+    elements = int(free_bytes * FREE_FRACTION) // (TILE_TENSORS * _element_size(dtype))
     return tile_for_budget(elements, channels, frames, vae_config.spatial_compression)
 
 
@@ -83,34 +86,29 @@ def tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int] | No
     """Unscaled latents [B, C_lat, F_lat, h, w] -> frames [B, 3, decoded_num_frames(F_lat), 8h, 8w]
     on the runtime's intermediate device, in the VAE's dtype.
 
-    ``tile``: (height, width) or one int, pixels, multiples of 8; None picks it from the free
-    memory. ``overlap`` (pixels, multiple of 8, below the tile) is for ``exact=False`` only; None
-    there means a quarter tile. ``runtime`` gives the devices, free memory, progress (once per
-    chunk; per tile and chunk when not exact) and the interrupt check; None runs on the VAE's
-    device. ``progress(step, total, None)`` replaces ``runtime.progress``. ``store`` forces where
-    exact mode keeps a chunk's full-frame activations.
+    ``tile``: (height, width) or one int, output pixels per sample, multiples of 8; None picks
+    the memory budget from the device's free memory. ``overlap`` (pixels, multiple of 8, below
+    the tile) is for ``exact=False`` only; None there means a quarter tile. ``runtime`` gives
+    the devices, free memory, progress (once per chunk; per tile and chunk when not exact) and
+    the interrupt check; None runs on the VAE's device and returns on the CPU.
+    ``progress(step, total, None)`` replaces ``runtime.progress``. ``store`` forces where exact
+    mode keeps a chunk's full-frame activations and the causal cache.
     """
     _check_latents(z, vae.config, "z")
-    rt = runtime or TorchRuntime(device=vae.decoder.conv_in.conv.weight.device, show_progress=False)
-    report = _reporter(rt, progress)
-    s = vae.config.spatial_compression
-    height, width = z.shape[3] * s, z.shape[4] * s
-    out = torch.empty((z.shape[0], vae.config.out_channels, decoded_num_frames(z.shape[2], vae.config.temporal_compression),
-                       height, width), device=rt.intermediate_device, dtype=vae.dtype)
-    if not exact:
-        tile_hw, overlap_hw = _fast_settings(vae.config, tile, overlap, rt, encode=False)
-        _fast_decode(vae, z, tile_hw, overlap_hw, rt, out, report)
-        return out
-    ctx = _exact_context(vae, rt, tile, overlap, store, (height, width), encode=False)
-    chunks, levels, tails, f0 = decode_chunks(z.shape[2]), temporal_levels(vae.config), {}, 0
-    logger.debug("exact tiled decode of %s in chunks %s, budget %d elements, store %s",
-                 tuple(z.shape), chunks, ctx.budget, ctx.store)
-    for i, (start, end) in enumerate(chunks):
-        frames = upsampled_frames(end - start, levels)
-        zc = z[:, :, start:end].to(device=ctx.device, dtype=ctx.dtype)
-        decode_chunk(ctx, vae.decoder, zc, tails, out[:, :, f0:f0 + frames], vae.config.norm_num_groups)
-        f0 += frames
-        report(i + 1, len(chunks))
+    rt = runtime or _default_runtime(vae)
+    cfg, s = vae.config, vae.config.spatial_compression
+    size = (z.shape[3] * s, z.shape[4] * s)
+    counts = [upsampled_frames(end - start, temporal_levels(cfg)) for start, end in decode_chunks(z.shape[2])]
+    out = torch.empty((z.shape[0], cfg.out_channels, sum(counts), *size), device=rt.intermediate_device,
+                      dtype=vae.dtype)
+    if exact:
+        ctx = _exact_context(vae, rt, tile, overlap, store, z.shape[0], size, encode=False)
+        parts = iter(out.split(counts, dim=2))  # each chunk is written straight into the output
+        for _ in _exact_decode(ctx, vae, z, lambda frames: next(parts), _reporter(rt, progress)):
+            pass
+    else:
+        _fast_decode(vae, z, *_fast_settings(cfg, tile, overlap, rt, vae.dtype, False), rt, out,
+                     _reporter(rt, progress))
     return out
 
 
@@ -120,32 +118,76 @@ def tiled_encode(vae: CogVideoXVAE, video: Tensor, *, tile: int | Sequence[int] 
                  runtime: Runtime | None = None, progress: ProgressFn | None = None,
                  store: torch.device | str | None = None) -> DiagonalGaussian:
     """Video [B, 3, 4k+1, H, W] in -1..1 -> posterior over [B, C_lat, k+1, H/8, W/8] (moments on
-    the intermediate device), encoded in the reference chunks (8 frames, the first taking the
-    extra ones). Settings as :func:`tiled_decode`; ``tile`` is in input pixels. Exact mode equals
-    :meth:`~cogvideox_core.vae.CogVideoXVAE.encode` up to float summation order."""
+    the intermediate device, in the VAE's dtype), encoded in the reference chunks (8 frames, the
+    first taking the extra ones). Settings as :func:`tiled_decode`; ``tile`` is in input pixels.
+    Exact mode equals :meth:`~cogvideox_core.vae.CogVideoXVAE.encode` up to float summation order.
+    """
     _check_video(video, vae.config)
-    rt = runtime or TorchRuntime(device=vae.decoder.conv_in.conv.weight.device, show_progress=False)
-    report = _reporter(rt, progress)
+    rt = runtime or _default_runtime(vae)
     cfg, s = vae.config, vae.config.spatial_compression
     shape = (video.shape[0], 2 * cfg.latent_channels, (video.shape[2] - 1) // cfg.temporal_compression + 1,
              video.shape[3] // s, video.shape[4] // s)
     moments = torch.empty(shape, device=rt.intermediate_device, dtype=vae.dtype)
-    if not exact:
-        tile_hw, overlap_hw = _fast_settings(cfg, tile, overlap, rt, encode=True)
-        _fast_encode(vae, video, tile_hw, overlap_hw, rt, moments, report)
-        return DiagonalGaussian.from_moments(moments)
-    ctx = _exact_context(vae, rt, tile, overlap, store, tuple(video.shape[3:]), encode=True)
-    chunks, levels, tails, l0 = encode_chunks(video.shape[2]), temporal_levels(cfg), {}, 0
-    for i, (start, end) in enumerate(chunks):
-        n = downsampled_frames(end - start, levels)
-        encode_chunk(ctx, vae.encoder, video[:, :, start:end], tails, moments[:, :, l0:l0 + n],
-                     cfg.norm_num_groups)
-        l0 += n
-        report(i + 1, len(chunks))
+    if exact:
+        ctx = _exact_context(vae, rt, tile, overlap, store, video.shape[0], tuple(video.shape[3:]), encode=True)
+        _exact_encode(ctx, vae, video, moments, _reporter(rt, progress))
+    else:
+        _fast_encode(vae, video, *_fast_settings(cfg, tile, overlap, rt, vae.dtype, True), rt, moments,
+                     _reporter(rt, progress))
     return DiagonalGaussian.from_moments(moments)
 
 
+@torch.no_grad()
+def iter_tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int] | None = None,
+                      runtime: Runtime | None = None, progress: ProgressFn | None = None,
+                      store: torch.device | str | None = None) -> Iterator[Tensor]:
+    """:func:`tiled_decode` (exact mode) as a stream: yields the frames of each reference chunk,
+    [B, 3, T_i, 8h, 8w] on the intermediate device, as soon as they are final (a video writer
+    can take them one by one, so no memory anywhere grows with the number of frames). The
+    chunks' frames concatenated along time equal :func:`tiled_decode`'s output."""
+    _check_latents(z, vae.config, "z")
+    rt = runtime or _default_runtime(vae)
+    size = (z.shape[3] * vae.config.spatial_compression, z.shape[4] * vae.config.spatial_compression)
+    ctx = _exact_context(vae, rt, tile, None, store, z.shape[0], size, encode=False)
+
+    def new_chunk(frames: int) -> Tensor:
+        return torch.empty((z.shape[0], vae.config.out_channels, frames, *size), device=rt.intermediate_device,
+                           dtype=vae.dtype)
+
+    yield from _exact_decode(ctx, vae, z, new_chunk, _reporter(rt, progress))
+
+
+def _exact_decode(ctx: Context, vae: CogVideoXVAE, z: Tensor, new_chunk: Callable[[int], Tensor],
+                  report: Callable[[int, int], None]) -> Iterator[Tensor]:
+    """The reference chunks one after the other, the causal tails carried in ``tails``; each
+    chunk is decoded into ``new_chunk(frames)`` and yielded."""
+    chunks, levels, tails = decode_chunks(z.shape[2]), temporal_levels(vae.config), {}
+    logger.debug("exact tiled decode of %s in chunks %s, budget %d elements, store on %s",
+                 tuple(z.shape), chunks, ctx.budget, ctx.store)
+    for i, (start, end) in enumerate(chunks):
+        out = new_chunk(upsampled_frames(end - start, levels))
+        zc = z[:, :, start:end].to(device=ctx.device, dtype=ctx.dtype)
+        decode_chunk(ctx, vae.decoder, zc, tails, out, vae.config.norm_num_groups)
+        report(i + 1, len(chunks))
+        yield out
+
+
+def _exact_encode(ctx: Context, vae: CogVideoXVAE, video: Tensor, moments: Tensor,
+                  report: Callable[[int, int], None]) -> None:
+    chunks, levels, tails, l0 = encode_chunks(video.shape[2]), temporal_levels(vae.config), {}, 0
+    for i, (start, end) in enumerate(chunks):
+        n = downsampled_frames(end - start, levels)
+        encode_chunk(ctx, vae.encoder, video[:, :, start:end], tails, moments[:, :, l0:l0 + n],
+                     vae.config.norm_num_groups)
+        l0 += n
+        report(i + 1, len(chunks))
+
+
 # ---- settings ----------------------------------------------------------------------------------
+
+def _default_runtime(vae: CogVideoXVAE) -> Runtime:
+    return TorchRuntime(device=vae.decoder.conv_in.conv.weight.device, show_progress=False)
+
 
 def _reporter(rt: Runtime, progress: ProgressFn | None) -> Callable[[int, int], None]:
     def report(step: int, total: int) -> None:
@@ -155,52 +197,69 @@ def _reporter(rt: Runtime, progress: ProgressFn | None) -> Callable[[int, int], 
 
 
 def _exact_context(vae: CogVideoXVAE, rt: Runtime, tile: int | Sequence[int] | None,
-                   overlap: int | Sequence[int] | None, store: torch.device | str | None,
+                   overlap: int | Sequence[int] | None, store: torch.device | str | None, batch: int,
                    size: tuple[int, int], encode: bool) -> Context:
-    cfg = vae.config
+    """Checks the settings; picks the store device and the element budget of a region tensor
+    (from ``tile`` per sample, or from the free memory left after the store)."""
+    cfg, device, dtype = vae.config, torch.device(rt.device), vae.dtype
     if overlap not in (None, 0, (0, 0), [0, 0]):
         raise ValueError(f"overlap={overlap!r}: exact=True computes every region with its receptive "
                          f"field and takes no overlap; pass overlap=None, or exact=False to blend tiles")
     tile_hw = check_pair("tile", tile, cfg.spatial_compression, cfg.spatial_compression)
-    device, dtype = torch.device(rt.device), vae.dtype
-    free = None if tile_hw is not None and store is not None else int(rt.free_memory())
-    if store is None:
-        store = _store_device(cfg, rt, size, dtype, free or 0, encode)
-    store = torch.device(store)
-    if tile_hw is None:
-        left = (free or 0) - (_store_bytes(cfg, size, dtype, encode) if store == device else 0)
-        tile_hw = auto_tile_size(cfg, max(left, 0), dtype, encode=encode)
-    frames = ENCODE_REF_FRAMES if encode else REF_FRAMES
-    budget = budget_elements(tile_hw, _ref_channels(cfg, encode), frames)
+    free = 0 if tile_hw is not None and store is not None else int(rt.free_memory())
+    need = batch * _store_bytes(cfg, size, dtype, encode)
+    store = torch.device(store) if store is not None else _store_device(rt, need, free)
+    if tile_hw is not None:
+        frames = ENCODE_REF_FRAMES if encode else REF_FRAMES
+        budget = batch * budget_elements(tile_hw, _ref_channels(cfg, encode), frames)
+    else:
+        left = free - (need if store == device else 0)
+        budget = int(max(left, 0) * FREE_FRACTION) // (TILE_TENSORS * _element_size(dtype))
     return Context(device, store, dtype, budget, rt.check_interrupt)
 
 
-def _store_device(cfg: VAEConfig, rt: Runtime, size: tuple[int, int], dtype: torch.dtype, free: int,
-                  encode: bool) -> torch.device:
+def _element_size(dtype: torch.dtype) -> int:
+    return torch.tensor([], dtype=dtype).element_size()
+
+
+def _store_device(rt: Runtime, need: int, free: int) -> torch.device:
+    """The compute device when the store (``need`` bytes) takes at most ``STORE_FRACTION`` of its
+    free memory (or it is the offload device anyway), else the offload device."""
     device, offload = torch.device(rt.device), torch.device(rt.offload_device)
-    if device == offload or _store_bytes(cfg, size, dtype, encode) <= STORE_FRACTION * free:
-        return device
-    return offload
+    return device if device == offload or need <= STORE_FRACTION * free else offload
 
 
 def _store_bytes(cfg: VAEConfig, size: tuple[int, int], dtype: torch.dtype, encode: bool) -> int:
-    """A chunk's store at its peak, estimated: three full-resolution activations of the widest
-    channel count over the chunk's frames, plus the causal tails (2 frames of every conv input:
-    about 12 full-resolution inputs' worth of channels at all resolutions together)."""
-    pixels = size[0] * size[1]
+    """A chunk's store at its peak: two full-resolution activations of the widest channel count
+    over a first chunk's frames (a resnet's input and conv1's output; conservative) plus the
+    causal tails."""
     frames = 13 if encode else 9
-    width = _ref_channels(cfg, encode)
-    tails = 2 * 12 * width * pixels
-    return (3 * width * frames * pixels + tails) * torch.tensor([], dtype=dtype).element_size()
+    elements = 2 * _ref_channels(cfg, encode) * frames * size[0] * size[1] + tail_elements(cfg, size, encode)
+    return elements * _element_size(dtype)
+
+
+def tail_elements(cfg: VAEConfig, size: tuple[int, int], encode: bool = False) -> int:
+    """Elements of the causal cache of one sample at ``size`` pixels: 2 frames of the input of
+    every conv with a time kernel of 3, at its resolution (decoder: 381 MiB at 128x192 in fp32,
+    2.6 GiB at 480x720 in bf16)."""
+    ch, n, s = cfg.block_out_channels, cfg.layers_per_block, cfg.spatial_compression
+    full = size[0] * size[1]
+    if encode:  # conv_in (3 ch, full), down block i at 1/4**i, mid and conv_out at the bottom
+        per_level = [ch[max(i - 1, 0)] + ch[i] + 2 * ch[i] * (n - 1) for i in range(len(ch))]
+        total = cfg.in_channels * full + sum(c * full // 4**i for i, c in enumerate(per_level))
+        return 2 * (total + 5 * ch[-1] * full // s**2)
+    rev = ch[::-1]  # conv_in and the mid block at latent size, up block i at 4**i / s**2
+    per_level = [rev[max(i - 1, 0)] + rev[i] + 2 * rev[i] * n for i in range(len(rev))]
+    total = (cfg.latent_channels + 4 * rev[0]) * full // s**2 + rev[-1] * full
+    return 2 * (total + sum(c * full * 4**i // s**2 for i, c in enumerate(per_level)))
 
 
 def _fast_settings(cfg: VAEConfig, tile: int | Sequence[int] | None, overlap: int | Sequence[int] | None,
-                   rt: Runtime, encode: bool) -> tuple[tuple[int, int], tuple[int, int]]:
+                   rt: Runtime, dtype: torch.dtype, encode: bool) -> tuple[tuple[int, int], tuple[int, int]]:
     s = cfg.spatial_compression
     tile_hw = check_pair("tile", tile, s, s)
-    if tile_hw is None:
-        # a whole tile runs at once, about a chunk's activations of the untiled network
-        tile_hw = auto_tile_size(cfg, int(rt.free_memory()) // 3, torch.float32, encode=encode)
+    if tile_hw is None:  # a tile runs the whole network at once: about an untiled decode's memory
+        tile_hw = auto_tile_size(cfg, int(rt.free_memory()) * TILE_TENSORS // FAST_TENSORS, dtype, encode=encode)
     overlap_hw = check_pair("overlap", overlap, s, 0)
     if overlap_hw is None:
         overlap_hw = tuple(t // 4 // s * s for t in tile_hw)  # type: ignore[assignment]
@@ -255,4 +314,5 @@ def _fast_encode(vae: CogVideoXVAE, video: Tensor, tile: tuple[int, int], overla
             report(i * len(chunks) + j + 1, len(tiles) * len(chunks))
 
 
-__all__ = ["tiled_decode", "tiled_encode", "auto_tile_size", "OutOfMemoryError"]
+__all__ = ["tiled_decode", "iter_tiled_decode", "tiled_encode", "auto_tile_size", "tail_elements",
+           "OutOfMemoryError"]

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .tiling_plan import (Region, downsample_source, downsampled_size, regions_for_budget, split_region,
+from .tiling_plan import (HALO, Region, downsample_source, downsampled_size, regions_for_budget, split_region,
                           upsample_source, with_halo)
 from .vae_blocks import (CausalConv3d, Decoder3D, Downsample3D, Encoder3D, ResnetBlock3D, SpatialNorm3D,
                          Upsample3D, conv3d_in_time_parts, double_time_and_space, halve_time, resize_zq)
@@ -51,13 +51,15 @@ class Context:
     ooms: int = 0
 
     def empty(self, *shape: int) -> Tensor:
-        return torch.empty(shape, device=self.store, dtype=self.dtype)
+        """A store tensor [B, C, T, H, W], channels-last like the region buffers (plain copies)."""
+        return torch.empty(shape, device=self.store, dtype=self.dtype, memory_format=torch.channels_last_3d)
 
     def run_regions(self, height: int, width: int, per_pixel: int, fn: Callable[[Region], None]) -> None:
         """``fn(region)`` over regions covering the frame, each holding at most ``budget`` elements
         (``per_pixel`` per pixel, halo included). ``fn`` writes its results only at its end, so a
         region that runs out of memory is redone in halves and no finished region is lost."""
-        queue = deque(regions_for_budget(height, width, max(self.budget // per_pixel, 1)))
+        smallest = (1 + 2 * HALO) ** 2  # a 1-pixel region with its halo
+        queue = deque(regions_for_budget(height, width, max(self.budget // per_pixel, smallest)))
         while queue:
             region = queue.popleft()
             try:
@@ -91,14 +93,17 @@ class GroupStats:
     m2: Tensor | None = None  # [B, G]
 
     def add(self, x: Tensor) -> None:
-        """Merge a region [B, C, T, h, w] (any strides) into the running statistics."""
-        xg = x.unflatten(1, (self.groups, -1))  # [B, G, C/G, T, h, w]
-        if xg.dtype not in (torch.float32, torch.float64):
-            xg = xg.float()
-        var, mean = torch.var_mean(xg, dim=(2, 3, 4, 5), correction=0)  # [B, G] each
-        n = xg[0, 0].numel()
+        """Merge a region [B, C, T, h, w] (any strides) into the running statistics: per channel
+        in the region's dtype (at least float32), channels to groups in float64."""
+        if x.dtype not in (torch.float32, torch.float64):
+            x = x.float()
+        var, mean = torch.var_mean(x, dim=(2, 3, 4), correction=0)  # [B, C]
         acc = torch.float32 if x.device.type == "mps" else torch.float64
-        self._merge(n, mean.to(acc), var.to(acc) * n)
+        n = x[0, 0].numel()  # per channel
+        mean, var = (v.to(acc).unflatten(1, (self.groups, -1)) for v in (mean, var))  # [B, G, C/G]
+        group_mean = mean.mean(dim=2)
+        m2 = n * (var + (mean - group_mean[..., None]).square()).sum(dim=2)
+        self._merge(n * mean.shape[2], group_mean, m2)
 
     def merge(self, other: "GroupStats") -> None:
         """Merge the statistics of another part of the same activation."""
@@ -115,8 +120,9 @@ class GroupStats:
         self.m2 = self.m2 + m2 + delta.square() * (self.count * n / total)
         self.count = total
 
-    def scale_shift(self, norm: nn.GroupNorm, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """Per-channel (a, b) [B, C, 1, 1, 1] with ``norm(x) == x * a + b`` (ATen's own form)."""
+    def scale_shift(self, norm: nn.GroupNorm, device: torch.device) -> tuple[Tensor, Tensor]:
+        """Per-channel (a, b) [B, C, 1, 1, 1] in float32 with ``norm(x) == x * a + b`` (the form
+        ATen's own GroupNorm kernels compute)."""
         if self.mean is None or self.m2 is None:
             raise RuntimeError("GroupNorm statistics of an activation that was never written")
         if norm.num_groups != self.groups:
@@ -131,7 +137,7 @@ class GroupStats:
         if norm.bias is not None:
             b = b + norm.bias.to(device=a.device, dtype=a.dtype)
         shape = (*a.shape, 1, 1, 1)
-        return a.reshape(shape).to(device, dtype), b.reshape(shape).to(device, dtype)
+        return a.reshape(shape).to(device, torch.float32), b.reshape(shape).to(device, torch.float32)
 
 
 @dataclass
@@ -152,69 +158,68 @@ class Act:
 
 @dataclass
 class Norm:
-    """GroupNorm (with the decoder's spatial scale/shift from the latent chunk) then SiLU,
-    applied in place to regions of one activation."""
+    """GroupNorm then SiLU as ``silu(x * a + b)``, fused into the load of a region.
 
-    a: Tensor  # [B, C, 1, 1, 1]
+    For the decoder's spatial norm ``norm(x) * y + s`` (``y``, ``s``: 1x1 convs of the latent
+    chunk, nearest-resized) is folded into ``x * (a y) + (b y + s)``: ``a`` and ``b`` stay at latent
+    size, [B, C, T_lat, h, w], and are upsampled per region and frame (a 1x1 conv commutes with
+    nearest resizing, so the small latents are convolved, not the resized ones).
+    """
+
+    a: Tensor  # [B, C, 1, 1, 1] float32, or [B, C, T_lat, h, w] (spatial)
     b: Tensor
-    zq_scale: Tensor | None = None  # conv_y(zq) resized in time: [B, C, T, h_lat, w_lat]
-    zq_shift: Tensor | None = None
-    rows: Tensor | None = None  # nearest source row of every feature row
-    cols: Tensor | None = None
+    scale: int = 0  # spatial: feature pixels per latent pixel
+    times: tuple[int, ...] = ()  # spatial: the latent frame of every frame
 
     @classmethod
     def make(cls, ctx: Context, module: nn.Module, act: Act, zq: Tensor | None = None) -> "Norm":
         if act.stats is None:
             raise RuntimeError("a norm reads an activation written without statistics")
         if not isinstance(module, SpatialNorm3D):
-            return cls(*act.stats.scale_shift(module, ctx.device, ctx.dtype))
+            return cls(*act.stats.scale_shift(module, ctx.device))
         if zq is None:
             raise RuntimeError("a spatial norm needs the latent chunk zq")
-        a, b = act.stats.scale_shift(module.norm_layer, ctx.device, ctx.dtype)
-        t, h, w = act.data.shape[2:]
-        times, rows, cols = _nearest_maps(zq.shape[2:], (t, h, w), ctx.device)
-        # a 1x1 conv commutes with nearest resizing: convolve the small latents, resize per region
-        scale = conv3d_in_time_parts(module.conv_y.conv, zq).index_select(2, times)
-        shift = conv3d_in_time_parts(module.conv_b.conv, zq).index_select(2, times)
-        return cls(a, b, scale, shift, rows, cols)
+        a, b = act.stats.scale_shift(module.norm_layer, ctx.device)  # [B, C, 1, 1, 1]
+        times, scale = _zq_resize(zq.shape[2:], act.data.shape[2:])
+        y = conv3d_in_time_parts(module.conv_y.conv, zq).float()  # [B, C, T_lat, h, w]
+        shift = conv3d_in_time_parts(module.conv_b.conv, zq).float()
+        fmt = torch.channels_last_3d
+        return cls((a * y).contiguous(memory_format=fmt), (b * y + shift).contiguous(memory_format=fmt),
+                   scale, times)
 
-    def apply_(self, x: Tensor, region: Region) -> None:
-        """Normalise, scale/shift and SiLU ``x`` [B, C, T, h, w] (the ``region`` of the frame) in
-        place; frame by frame when the spatial scale or a float32 copy would be a region-sized
-        temporary."""
-        exact_dtype = x.dtype in (torch.float32, torch.float64)
-        if self.zq_scale is None and exact_dtype:
-            x.mul_(self.a).add_(self.b)
-            F.silu(x, inplace=True)
-            return
-        r0, r1, c0, c1 = region
-        for t in range(x.shape[2]):
-            part = x[:, :, t:t + 1]  # [B, C, 1, h, w]
-            work = part if exact_dtype else part.float()
-            work.mul_(self.a.to(work.dtype)).add_(self.b.to(work.dtype))
-            if self.zq_scale is not None:
-                rows, cols = self.rows[r0:r1], self.cols[c0:c1]
-                work.mul_(self.zq_scale[:, :, t:t + 1].index_select(3, rows).index_select(4, cols))
-                work.add_(self.zq_shift[:, :, t:t + 1].index_select(3, rows).index_select(4, cols))
-            F.silu(work, inplace=True)
-            if work is not part:
-                part.copy_(work)
+    def load_(self, dst: Tensor, src: Tensor, region: Region) -> None:
+        """``dst = silu(norm(src))`` for ``src`` the ``region`` of the activation (any device,
+        [B, C, T, h, w]) and ``dst`` of that shape on the compute device."""
+        if not self.scale:
+            torch.addcmul(self.b, src.to(dst.device), self.a, out=dst)
+        else:
+            r0, r1, c0, c1 = region
+            s = self.scale
+            lat = (r0 // s, -(-r1 // s), c0 // s, -(-c1 // s))  # latent pixels under the region
+            crop = (r0 - lat[0] * s, r1 - lat[0] * s, c0 - lat[2] * s, c1 - lat[2] * s)
+            last, a, b = -1, None, None
+            for t, frame in enumerate(self.times):
+                if frame != last:  # consecutive frames share a latent frame
+                    a, b = (_slice(_upsample(_slice(m[:, :, frame], lat), s), crop) for m in (self.a, self.b))
+                    last = frame
+                torch.addcmul(b, src[:, :, t].to(dst.device), a, out=dst[:, :, t])
+        F.silu(dst, inplace=True)
 
 
-def _nearest_maps(src: torch.Size, size: tuple[int, int, int], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Source index of every frame, row and column of :func:`resize_zq` from ``src`` (T, h, w)
-    to ``size``, found by resizing index ramps with the same function."""
+def _upsample(x: Tensor, scale: int) -> Tensor:
+    return x if scale == 1 else F.interpolate(x, scale_factor=float(scale), mode="nearest")
+
+
+def _zq_resize(src: torch.Size, size: torch.Size) -> tuple[tuple[int, ...], int]:
+    """How :func:`resize_zq` maps latents (T, h, w) onto a feature map (T', H, W): the latent frame
+    of every frame (a ramp through the same function), and the integer spatial factor."""
     t, h, w = src
-
-    def ramp(n: int, axis: int) -> Tensor:
-        shape = [1, 1, 1, 1, 1]
-        shape[axis] = n
-        return torch.arange(n, dtype=torch.float32).reshape(shape)
-
-    times = resize_zq(ramp(t, 2), (size[0], 1, 1)).flatten()
-    rows = resize_zq(ramp(h, 3), (1, size[1], 1)).flatten()
-    cols = resize_zq(ramp(w, 4), (1, 1, size[2])).flatten()
-    return tuple(m.round().long().to(device) for m in (times, rows, cols))  # type: ignore[return-value]
+    ramp = torch.arange(t, dtype=torch.float32).reshape(1, 1, t, 1, 1).expand(1, 1, t, h, w)
+    frames = resize_zq(ramp, (size[0], h, w))[0, 0, :, 0, 0].round().long().tolist()
+    scale = size[1] // h
+    if (size[1], size[2]) != (scale * h, scale * w):
+        raise RuntimeError(f"feature size {tuple(size)} is not an integer multiple of the latents {tuple(src)}")
+    return tuple(frames), scale
 
 
 def _slice(x: Tensor, region: Region) -> Tensor:
@@ -231,10 +236,11 @@ def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str
               dst: Tensor | None = None, stats: bool = True, groups: int = 0) -> Act:
     """``conv(silu(norm(src)))`` (+ ``residual``, through ``shortcut`` if given) written into ``dst``
     (new on the store if None; may be ``residual.data`` itself: each region reads the residual
-    only where it writes). Replaces ``tails[key]`` by the new tail."""
+    only where it writes). Updates ``tails[key]`` to the new tail: in place after the first chunk,
+    so the cache's buffers live as long as the video (allocated once, no heap churn)."""
     b, c, t, h, w = src.data.shape
     k = conv.time_kernel
-    old_tail = tails.pop(key, None)
+    old_tail = tails.get(key)
     c_out = conv.conv.out_channels
     out = ctx.empty(b, c_out, t, h, w) if dst is None else dst
     new_tail = ctx.empty(b, c, k - 1, h, w)
@@ -245,9 +251,10 @@ def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str
         # channels-last: oneDNN convolves it without a reordered copy of the input
         buf = torch.empty((b, c, k - 1 + t, outer[1] - outer[0], outer[3] - outer[2]), device=ctx.device,
                           dtype=ctx.dtype, memory_format=torch.channels_last_3d)
-        buf[:, :, k - 1:].copy_(_slice(src.data, outer))
-        if norm is not None:
-            norm.apply_(buf[:, :, k - 1:], outer)
+        if norm is None:
+            buf[:, :, k - 1:].copy_(_slice(src.data, outer))
+        else:
+            norm.load_(buf[:, :, k - 1:], _slice(src.data, outer), outer)
         if old_tail is None:  # a video's first chunk: the first frame repeated in front
             buf[:, :, :k - 1].copy_(buf[:, :, k - 1:k].expand(-1, -1, k - 1, -1, -1))
         else:
@@ -264,9 +271,11 @@ def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str
             acc.add(y)
         _slice(out, region).copy_(y)  # the only write to `out`: a region redone after OOM is safe
 
-    per_pixel = max(c * (t + k - 1), c_out * t)
-    ctx.run_regions(h, w, per_pixel, region_fn)
-    tails[key] = new_tail
+    ctx.run_regions(h, w, b * max(c * (t + k - 1), c_out * t), region_fn)
+    if old_tail is None:
+        tails[key] = new_tail
+    else:  # regions read the old tail around themselves: it is replaced only once all are done
+        old_tail.copy_(new_tail)
     return Act(out, acc)
 
 
@@ -292,7 +301,7 @@ def upsample_pass(ctx: Context, src: Act, up: Upsample3D, groups: int) -> Act:
             _slice(out[:, :, i:i + 1], region).copy_(y)
         acc.merge(part)  # merged last: a region redone after OOM is counted once
 
-    ctx.run_regions(h2, w2, 2 * c, region_fn)
+    ctx.run_regions(h2, w2, 2 * b * c, region_fn)
     return Act(out, acc)
 
 
@@ -328,7 +337,7 @@ def downsample_pass(ctx: Context, src: Act, down: Downsample3D, groups: int) -> 
             _slice(out[:, :, i:i + 1], region).copy_(y)
         acc.merge(part)
 
-    ctx.run_regions(h2, w2, 8 * c, region_fn)
+    ctx.run_regions(h2, w2, 8 * b * c, region_fn)
     return Act(out, acc)
 
 
@@ -365,7 +374,7 @@ def shortcut_pass(ctx: Context, x: Tensor, shortcut: nn.Module) -> Tensor:
                   for i in range(t)]
         _slice(narrow, region).copy_(torch.cat(frames, dim=2))  # written after every read of the region
 
-    ctx.run_regions(h, w, 2 * shortcut.out_channels * t, region_fn)
+    ctx.run_regions(h, w, 2 * b * shortcut.out_channels * t, region_fn)
     return narrow
 
 

@@ -25,7 +25,8 @@ HALO = 1  # every spatial kernel of the VAE is 3x3 with stride 1 or 2: a 1-pixel
 REF_FRAMES = 11  # the frames of the widest tile tensor: a 9-frame first chunk + 2 cached frames
 
 
-def check_pair(name: str, value: int | Sequence[int] | None, multiple: int, minimum: int) -> tuple[int, int] | None:
+def check_pair(name: str, value: int | Sequence[int] | None, multiple: int,
+               minimum: int) -> tuple[int, int] | None:
     """``value`` (an int or an (h, w) pair, or None) as an (h, w) pair of ints, each a multiple
     of ``multiple`` and at least ``minimum``; ``ValueError`` naming ``name`` otherwise."""
     if value is None:
