@@ -51,6 +51,8 @@ from .runtime import Runtime, TorchRuntime, call_progress
 from .sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
 from .sampling.schedules import Schedule
+from .tiling import TiledEncoder, no_progress, tiled_decode
+from .vae import CogVideoXVAE
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ class Models:
 
     transformer: torch.nn.Module
     family: Family
-    vae: torch.nn.Module | None = None
+    vae: CogVideoXVAE | None = None
     text_encoder: Any = None
     scheduler: SchedulerConfig | None = None
 
@@ -208,7 +210,8 @@ def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime
     if models.vae is not None and plan.mode != "t2v":
         runtime.load(models.vae)
     aug = torch.Generator(device="cpu").manual_seed((request.seed + 1) % 2**64)
-    return build_conditioning(plan, request.inputs, models.family, models.vae, generator,
+    encoder = None if models.vae is None else TiledEncoder(models.vae, runtime)
+    return build_conditioning(plan, request.inputs, models.family, encoder, generator,
                               aug_generator=aug, dtype=_dtype(models.transformer),
                               device=runtime.device)
 
@@ -295,11 +298,15 @@ def unscale(latents: torch.Tensor, family: Family) -> torch.Tensor:
     return (1 / family.vae_scaling_factor) * latents.permute(0, 2, 1, 3, 4)
 
 
-def decode_latents(vae: torch.nn.Module, z: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """VAE latents [B, C, F_lat, h, w] -> video [B, 3, F, H, W] in -1..1. The single place a
-    tiled decode plugs in."""
+def decode_latents(vae: CogVideoXVAE, z: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """VAE latents [B, C, F_lat, h, w] -> video [B, 3, F, H, W] in -1..1 on the intermediate
+    device: the exact tiled decode (equal to ``vae.decode`` up to float summation order), tiles
+    sized from the device's free memory. It checks the interrupt after every frame chunk but
+    reports no progress: the bar the user watches counts sampling steps (over all chunks of a
+    chained video); the VAE nodes show their own decode progress."""
     runtime.load(vae)
-    return vae.decode(z.to(runtime.device))
+    logger.info("decoding %d latent frames of %dx%d", z.shape[2], z.shape[3], z.shape[4])
+    return tiled_decode(vae, z, runtime=runtime, progress=no_progress)
 
 
 @torch.no_grad()

@@ -44,6 +44,7 @@ import torch
 from torch import Tensor
 
 from .families import VAEConfig
+from .host_memory import trim_host_heap
 from .runtime import ProgressFn, Runtime, TorchRuntime
 from .tiling_exact import Context, OutOfMemoryError, decode_chunk, encode_chunk
 from .tiling_plan import (REF_FRAMES, blend_ramp, budget_elements, check_pair, overlapping_spans,
@@ -137,14 +138,14 @@ def tiled_encode(vae: CogVideoXVAE, video: Tensor, *, tile: int | Sequence[int] 
     return DiagonalGaussian.from_moments(moments)
 
 
-@torch.no_grad()
 def iter_tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int] | None = None,
                       runtime: Runtime | None = None, progress: ProgressFn | None = None,
                       store: torch.device | str | None = None) -> Iterator[Tensor]:
     """:func:`tiled_decode` (exact mode) as a stream: yields the frames of each reference chunk,
     [B, 3, T_i, 8h, 8w] on the intermediate device, as soon as they are final (a video writer
     can take them one by one, so no memory anywhere grows with the number of frames). The
-    chunks' frames concatenated along time equal :func:`tiled_decode`'s output."""
+    chunks' frames concatenated along time equal :func:`tiled_decode`'s output. Settings are
+    checked here, before the first chunk."""
     _check_latents(z, vae.config, "z")
     rt = runtime or _default_runtime(vae)
     size = (z.shape[3] * vae.config.spatial_compression, z.shape[4] * vae.config.spatial_compression)
@@ -154,9 +155,10 @@ def iter_tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int]
         return torch.empty((z.shape[0], vae.config.out_channels, frames, *size), device=rt.intermediate_device,
                            dtype=vae.dtype)
 
-    yield from _exact_decode(ctx, vae, z, new_chunk, _reporter(rt, progress))
+    return _exact_decode(ctx, vae, z, new_chunk, _reporter(rt, progress))
 
 
+@torch.no_grad()
 def _exact_decode(ctx: Context, vae: CogVideoXVAE, z: Tensor, new_chunk: Callable[[int], Tensor],
                   report: Callable[[int, int], None]) -> Iterator[Tensor]:
     """The reference chunks one after the other, the causal tails carried in ``tails``; each
@@ -168,6 +170,7 @@ def _exact_decode(ctx: Context, vae: CogVideoXVAE, z: Tensor, new_chunk: Callabl
         out = new_chunk(upsampled_frames(end - start, levels))
         zc = z[:, :, start:end].to(device=ctx.device, dtype=ctx.dtype)
         decode_chunk(ctx, vae.decoder, zc, tails, out, vae.config.norm_num_groups)
+        _after_chunk(ctx)
         report(i + 1, len(chunks))
         yield out
 
@@ -179,8 +182,36 @@ def _exact_encode(ctx: Context, vae: CogVideoXVAE, video: Tensor, moments: Tenso
         n = downsampled_frames(end - start, levels)
         encode_chunk(ctx, vae.encoder, video[:, :, start:end], tails, moments[:, :, l0:l0 + n],
                      vae.config.norm_num_groups)
+        _after_chunk(ctx)
         l0 += n
         report(i + 1, len(chunks))
+
+
+class TiledEncoder:
+    """A VAE's :meth:`encode` as an exact tiled encode on a runtime, for the conditioning builders
+    (image, video and control inputs): the posterior comes back on the compute device, and the
+    chunks report no progress (the sampler's bar is the one the user watches) but still check the
+    interrupt."""
+
+    def __init__(self, vae: CogVideoXVAE, runtime: Runtime, tile: int | Sequence[int] | None = None) -> None:
+        self.vae, self.runtime, self.tile = vae, runtime, tile
+
+    def encode(self, video: Tensor) -> DiagonalGaussian:
+        post = tiled_encode(self.vae, video, tile=self.tile, runtime=self.runtime, progress=no_progress)
+        device = torch.device(self.runtime.device)
+        return DiagonalGaussian(post.mean.to(device), post.logvar.to(device))
+
+
+def no_progress(step: int, total: int, preview: Tensor | None) -> None:
+    """A progress callback that shows nothing."""
+
+
+def _after_chunk(ctx: Context) -> None:
+    """Between chunks, hand the region buffers' freed host pages back to the OS when the store
+    lives in host memory (:mod:`~cogvideox_core.host_memory`): peak RSS then does not creep up
+    with the number of chunks."""
+    if ctx.store.type == "cpu":
+        trim_host_heap()
 
 
 # ---- settings ----------------------------------------------------------------------------------
@@ -314,5 +345,5 @@ def _fast_encode(vae: CogVideoXVAE, video: Tensor, tile: tuple[int, int], overla
             report(i * len(chunks) + j + 1, len(tiles) * len(chunks))
 
 
-__all__ = ["tiled_decode", "iter_tiled_decode", "tiled_encode", "auto_tile_size", "tail_elements",
-           "OutOfMemoryError"]
+__all__ = ["tiled_decode", "iter_tiled_decode", "tiled_encode", "TiledEncoder", "no_progress", "auto_tile_size",
+           "tail_elements", "OutOfMemoryError"]

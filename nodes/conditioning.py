@@ -77,17 +77,27 @@ class CogVideoXEmptyLatent:
         return (empty_latent(width, height, frames, batch_size),)
 
 
-class CogVideoXImageToVideo:
-    DESCRIPTION = ("Image-to-video for the I2V models (5B-I2V, 1.5-I2V): the start image is encoded "
-                   "during sampling and anchors frame 0.")
+class _ConditioningNode:
+    """What the image/video conditioning nodes share: their outputs and their first inputs."""
+
     CATEGORY = "CogVideoX/conditioning"
     RETURN_TYPES = (CONDITIONING, "LATENT")
     RETURN_NAMES = ("conditioning", "latent")
     FUNCTION = "encode"
 
+    @staticmethod
+    def required(**inputs: tuple) -> dict[str, tuple]:
+        """The conditioning and VAE inputs followed by ``inputs``."""
+        return {**dict([_COND, _VAE]), **inputs}
+
+
+class CogVideoXImageToVideo(_ConditioningNode):
+    DESCRIPTION = ("Image-to-video for the I2V models (5B-I2V, 1.5-I2V): the start image is encoded "
+                   "during sampling and anchors frame 0.")
+
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {**dict([_COND, _VAE]),
+        return {"required": {**cls.required(),
                              "image": tip("IMAGE", "The start image (first frame used); centre-cropped "
                                           "and resized to width x height."),
                              **size_inputs()}}
@@ -98,17 +108,13 @@ class CogVideoXImageToVideo:
         return attach(conditioning, vae, image=images_tensor("image", image)[:1]), latent
 
 
-class CogVideoXFunInpaint:
+class CogVideoXFunInpaint(_ConditioningNode):
     DESCRIPTION = ("CogVideoX-Fun InP: start image(s) (frames 0..k-1), an end image (last frame), or a "
                    "video with a mask (1 = generate); with none of them the InP model does text-to-video.")
-    CATEGORY = "CogVideoX/conditioning"
-    RETURN_TYPES = (CONDITIONING, "LATENT")
-    RETURN_NAMES = ("conditioning", "latent")
-    FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {**dict([_COND, _VAE]), **size_inputs(672, 384)},
+        return {"required": cls.required(**size_inputs(672, 384)),
                 "optional": {
                     "start_images": tip("IMAGE", "Known first frames: k images fix frames 0..k-1."),
                     "end_image": tip("IMAGE", "The known last frame (one image)."),
@@ -135,17 +141,13 @@ class CogVideoXFunInpaint:
         return attach(conditioning, vae, noise_aug=aug, **images), latent
 
 
-class CogVideoXVideoToVideo:
+class CogVideoXVideoToVideo(_ConditioningNode):
     DESCRIPTION = ("Video-to-video for the text-to-video models: the source video is encoded during "
                    "sampling and noised to the sampler's denoise strength (use denoise < 1).")
-    CATEGORY = "CogVideoX/conditioning"
-    RETURN_TYPES = (CONDITIONING, "LATENT")
-    RETURN_NAMES = ("conditioning", "latent")
-    FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {**dict([_COND, _VAE]),
+        return {"required": {**cls.required(),
                              "video": tip("IMAGE", "The source video (its first `frames` frames are used)."),
                              **size_inputs()}}
 
@@ -155,17 +157,13 @@ class CogVideoXVideoToVideo:
         return attach(conditioning, vae, video=images_tensor("video", video)), latent
 
 
-class CogVideoXFunControl:
+class CogVideoXFunControl(_ConditioningNode):
     DESCRIPTION = ("CogVideoX-Fun Control/Pose: a control video (pose, depth, canny...) guides every "
                    "frame.")
-    CATEGORY = "CogVideoX/conditioning"
-    RETURN_TYPES = (CONDITIONING, "LATENT")
-    RETURN_NAMES = ("conditioning", "latent")
-    FUNCTION = "encode"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {**dict([_COND, _VAE]),
+        return {"required": {**cls.required(),
                              "control_video": tip("IMAGE", "The control video, at least `frames` long."),
                              **size_inputs(672, 384)}}
 

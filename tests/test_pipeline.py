@@ -144,6 +144,38 @@ def test_inp_full_run(inp, mode: str) -> None:
     assert torch.equal(frames, generate(inp, request))
 
 
+class SmallMemoryRuntime(RecordingRuntime):
+    """A CPU runtime that reports 256 KiB free: the VAE passes run in many small regions."""
+
+    def free_memory(self) -> int:
+        return 256 * 1024
+
+
+def test_vae_passes_are_tiled_and_exact_in_little_memory(inp, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline encodes its conditioning pixels and decodes its latents with the exact tiled
+    VAE passes, tiles sized from the runtime's free memory: little free memory means many
+    regions per layer and the same frames (within test_tiling's 5e-5) as a roomy host; the
+    progress bar stays the sampler's."""
+    from cogvideox_core import pipeline, tiling, tiling_exact
+
+    request = _req(inputs=ConditioningInputs(**INP_MODES["start+end"]), frames=13, steps=3)
+    roomy = generate(inp, request)
+    grids: list[int] = []
+    real = tiling_exact.regions_for_budget
+    monkeypatch.setattr(tiling_exact, "regions_for_budget",
+                        lambda h, w, area: grids.append(len(real(h, w, area))) or real(h, w, area))
+    passes: list[str] = []
+    for module, name in ((tiling, "tiled_encode"), (pipeline, "tiled_decode")):
+        real_pass = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _n=name, _f=real_pass, **k: passes.append(_n) or _f(*a, **k))
+    runtime = SmallMemoryRuntime()
+    small = generate(inp, request, runtime)
+    assert passes == ["tiled_encode", "tiled_decode"]
+    assert max(grids) >= 4
+    assert (small - roomy).abs().max().item() <= 5e-5
+    assert runtime.steps == [(1, 3), (2, 3), (3, 3)]  # the sampler's bar only
+
+
 def test_inp_15_with_noise_on_known_pixels_runs() -> None:
     models = random_models("fun-1.5-5b-inp", seed=5)
     request = _req(inputs=ConditioningInputs(image=_img()), frames=13, steps=2)

@@ -18,7 +18,7 @@ import logging
 import pytest
 import torch
 
-from cogvideox_core import tiling_exact
+from cogvideox_core import host_memory, tiling, tiling_exact
 from cogvideox_core.errors import Interrupted
 from cogvideox_core.families import VAEConfig
 from cogvideox_core.ops import cast_ops
@@ -147,6 +147,8 @@ def test_streamed_chunks_are_the_decode(tiny: CogVideoXVAE) -> None:
     chunks = list(iter_tiled_decode(tiny, z, tile=(8, 16)))
     assert [c.shape[2] for c in chunks] == [9, 8, 8]  # decode_chunks(7): (0, 3), (3, 5), (5, 7)
     assert torch.equal(torch.cat(chunks, dim=2), tiled_decode(tiny, z, tile=(8, 16)))
+    with pytest.raises(ValueError, match="tile=12"):
+        iter_tiled_decode(tiny, z, tile=12)  # refused at the call, not at the first chunk
 
 
 def test_exact_decode_with_tiles_from_a_small_free_memory(tiny: CogVideoXVAE,
@@ -251,6 +253,35 @@ def test_no_cache_leak_between_videos(tiny: CogVideoXVAE, exact: bool) -> None:
     eb_after_a = tiled_encode(tiny, xb, **kw).mean
     assert torch.equal(b_after_a, b_alone)
     assert torch.equal(eb_after_a, eb_alone)
+
+
+def test_cache_buffers_are_allocated_once(tiny: CogVideoXVAE, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The causal tails are updated in place from the second chunk on: the same buffers all video
+    long (no allocator churn that would make memory creep up with the number of chunks)."""
+    seen = []
+    real = tiling.decode_chunk
+
+    def spy(ctx, decoder, z, tails, out, groups):
+        real(ctx, decoder, z, tails, out, groups)
+        seen.append({k: v.data_ptr() for k, v in tails.items()})
+
+    monkeypatch.setattr(tiling, "decode_chunk", spy)
+    tiled_decode(tiny, _latents(tiny.config, 7, 3, 4), tile=8)
+    assert len(seen) == len(decode_chunks(7)) == 3
+    assert seen[0] == seen[1] == seen[2] and len(seen[0]) > 10
+
+
+def test_host_heap_trimmed_after_every_chunk_of_a_host_store(tiny: CogVideoXVAE,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the store in host memory, freed region buffers go back to the OS after each chunk
+    (decode and encode); glibc, which this CI machine has, can be asked."""
+    assert host_memory.trim_host_heap()
+    calls = []
+    monkeypatch.setattr(tiling, "trim_host_heap", lambda: calls.append(1) or True)
+    tiled_decode(tiny, _latents(tiny.config, 7, 3, 4), tile=8)
+    assert len(calls) == len(decode_chunks(7))
+    tiled_encode(tiny, _video(17, 16, 16), tile=8)
+    assert len(calls) == len(decode_chunks(7)) + len(encode_chunks(17))
 
 
 def test_progress_once_per_chunk_and_interrupt(tiny: CogVideoXVAE) -> None:
