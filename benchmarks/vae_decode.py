@@ -22,8 +22,8 @@ frames; y = the largest (a)/(c) peak ratio over the frame counts; z = (a)'s tota
 d = the max abs difference of (a) to (b) and to (c) over all frame counts. Targets: x <= 1.15,
 y <= 0.5, z <= 1.3, d <= 1e-3.
 
-    .venv/bin/python benchmarks/vae_decode.py            # the full table (long: about 2 h on 2 cores)
-    .venv/bin/python benchmarks/vae_decode.py --quick    # 32x48, 1 and 2 latents, 16x24 tiles: < 1 min
+    .venv/bin/python benchmarks/vae_decode.py            # the full table (about 50 min on 2 idle cores)
+    .venv/bin/python benchmarks/vae_decode.py --quick    # 24x32, 1 and 2 latents, 16x16 tiles: ~30 s
     .venv/bin/python benchmarks/vae_decode.py --fast-error --frames 4   # also (e) exact=False
 """
 from __future__ import annotations
@@ -197,7 +197,8 @@ def _print_frames(frames: int, row: dict[str, dict], diff: dict[str, float]) -> 
     for v, r in row.items():
         print(f"  {VARIANTS[v]:<14} {r['peak'] / 2**20:9.1f} {r['seconds']:9.2f} {r['peak'] / ref['peak']:9.3f} "
               f"{r['seconds'] / ref['seconds']:9.3f}  {tuple(r['shape'])}")
-    print("  max abs diff: " + ", ".join(f"{k} {v:.3g}" for k, v in diff.items()))
+    print("  max abs diff: " + ", ".join(f"{k} {v:.3g}" if v == v else f"{k} n/a (other size)"
+                                          for k, v in diff.items()))
 
 
 def _print_result(rows: dict[int, dict[str, dict]], diffs: dict[int, dict[str, float]]) -> None:
