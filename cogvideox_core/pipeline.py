@@ -51,7 +51,7 @@ from .runtime import Runtime, TorchRuntime, call_progress
 from .sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
 from .sampling.schedules import Schedule
-from .tiling import TiledEncoder, no_progress, tiled_decode
+from .tiling import TiledEncoder, no_progress, pass_memory, tiled_decode
 from .vae import CogVideoXVAE
 
 logger = logging.getLogger(__name__)
@@ -304,7 +304,8 @@ def decode_latents(vae: CogVideoXVAE, z: torch.Tensor, runtime: Runtime) -> torc
     sized from the device's free memory. It checks the interrupt after every frame chunk but
     reports no progress: the bar the user watches counts sampling steps (over all chunks of a
     chained video); the VAE nodes show their own decode progress."""
-    runtime.load(vae)
+    s = vae.config.spatial_compression
+    runtime.load(vae, pass_memory(vae.config, z.shape[0], (z.shape[3] * s, z.shape[4] * s), vae.dtype))
     logger.info("decoding %d latent frames of %dx%d", z.shape[2], z.shape[3], z.shape[4])
     return tiled_decode(vae, z, runtime=runtime, progress=no_progress)
 

@@ -59,6 +59,7 @@ TILE_TENSORS = 4  # region tensors alive at a region's peak, in budgets (about 2
 FREE_FRACTION = 0.8  # of the free memory, what auto tiles may plan to use
 STORE_FRACTION = 0.5  # the store stays on the compute device when it takes at most this much
 FAST_TENSORS = 8  # exact=False: a tile's untiled decode holds about 6 such tensors (fp32, CPU)
+PLAN_TILE = 256  # pixels: the tile side a pass asks the host to make room for (pass_memory)
 
 
 def auto_tile_size(vae_config: VAEConfig, free_bytes: int, dtype: torch.dtype, *,
@@ -70,6 +71,19 @@ def auto_tile_size(vae_config: VAEConfig, free_bytes: int, dtype: torch.dtype, *
     channels, frames = _ref_channels(vae_config, encode), ENCODE_REF_FRAMES if encode else REF_FRAMES
     elements = int(free_bytes * FREE_FRACTION) // (TILE_TENSORS * _element_size(dtype))
     return tile_for_budget(elements, channels, frames, vae_config.spatial_compression)
+
+
+def pass_memory(vae_config: VAEConfig, batch: int, size: tuple[int, int], dtype: torch.dtype, *,
+                encode: bool = False) -> int:
+    """Bytes an exact tiled pass over ``batch`` videos of ``size`` pixels would like free on the
+    compute device: its store (a chunk's two widest activations and the causal tails) plus the
+    region tensors of a ``PLAN_TILE`` tile. What a host is asked to make room for (ComfyUI
+    unloads other models for it, as for its own VAE); the pass still sizes its tiles from the
+    memory that is really free (480x720 in bf16: 7.0 GiB, whatever the frame count)."""
+    tile = (min(PLAN_TILE, size[0]), min(PLAN_TILE, size[1]))
+    frames = ENCODE_REF_FRAMES if encode else REF_FRAMES
+    regions = TILE_TENSORS * budget_elements(tile, _ref_channels(vae_config, encode), frames)
+    return batch * (_store_bytes(vae_config, size, dtype, encode) + regions * _element_size(dtype))
 
 
 def _ref_channels(config: VAEConfig, encode: bool) -> int:
@@ -197,6 +211,8 @@ class TiledEncoder:
         self.vae, self.runtime, self.tile = vae, runtime, tile
 
     def encode(self, video: Tensor) -> DiagonalGaussian:
+        size = (video.shape[3], video.shape[4])
+        self.runtime.load(self.vae, pass_memory(self.vae.config, video.shape[0], size, self.vae.dtype, encode=True))
         post = tiled_encode(self.vae, video, tile=self.tile, runtime=self.runtime, progress=no_progress)
         device = torch.device(self.runtime.device)
         return DiagonalGaussian(post.mean.to(device), post.logvar.to(device))
@@ -346,4 +362,4 @@ def _fast_encode(vae: CogVideoXVAE, video: Tensor, tile: tuple[int, int], overla
 
 
 __all__ = ["tiled_decode", "iter_tiled_decode", "tiled_encode", "TiledEncoder", "no_progress", "auto_tile_size",
-           "tail_elements", "OutOfMemoryError"]
+           "pass_memory", "tail_elements", "OutOfMemoryError"]

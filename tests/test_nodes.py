@@ -565,6 +565,24 @@ def test_tiled_decode_equals_the_vae(loaded: dict) -> None:
         node("CogVideoXTiledDecode")(vae, {"samples": z}, True, 12, 0)
 
 
+def test_vae_nodes_ask_the_host_for_room_before_the_pass(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ComfyUI unloads other models for the memory a node asks for at load: the VAE nodes ask
+    for their tiled pass's store and a 256-pixel tile's buffers (as ComfyUI's own VAE does)."""
+    from cogvideox_pack.cogvideox_core.tiling import pass_memory
+
+    asked = []
+    real = host.load
+    monkeypatch.setattr(host, "load", lambda rt, patcher, extra=0: asked.append(extra) or real(rt, patcher, extra))
+    vae = loaded["vae"]
+    z = torch.zeros(2, 16, 3, HEIGHT // 8, WIDTH // 8)
+    node("CogVideoXTiledDecode")(vae, {"samples": z}, True, 0, 0)
+    node("CogVideoXTiledEncode")(vae, _image(FRAMES), True, 0, 0)
+    cfg = vae.model.config
+    assert asked == [pass_memory(cfg, 2, (HEIGHT, WIDTH), vae.dtype),
+                     pass_memory(cfg, 1, (HEIGHT, WIDTH), vae.dtype, encode=True)]
+    assert asked[0] > asked[1] > 0
+
+
 def test_tiled_encode_equals_the_vae(loaded: dict) -> None:
     vae = loaded["vae"]
     frames = _image(FRAMES)

@@ -145,10 +145,19 @@ def test_inp_full_run(inp, mode: str) -> None:
 
 
 class SmallMemoryRuntime(RecordingRuntime):
-    """A CPU runtime that reports 256 KiB free: the VAE passes run in many small regions."""
+    """A CPU runtime that reports 256 KiB free (the VAE passes run in many small regions) and
+    records the memory each load asks for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loads: list[tuple[str, int]] = []
 
     def free_memory(self) -> int:
         return 256 * 1024
+
+    def load(self, model: nn.Module, extra_memory: int = 0) -> None:
+        self.loads.append((type(model).__name__, extra_memory))
+        super().load(model, extra_memory)
 
 
 def test_vae_passes_are_tiled_and_exact_in_little_memory(inp, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,6 +166,7 @@ def test_vae_passes_are_tiled_and_exact_in_little_memory(inp, monkeypatch: pytes
     regions per layer and the same frames (within test_tiling's 5e-5) as a roomy host; the
     progress bar stays the sampler's."""
     from cogvideox_core import pipeline, tiling, tiling_exact
+    from cogvideox_core.tiling import pass_memory
 
     request = _req(inputs=ConditioningInputs(**INP_MODES["start+end"]), frames=13, steps=3)
     roomy = generate(inp, request)
@@ -171,6 +181,10 @@ def test_vae_passes_are_tiled_and_exact_in_little_memory(inp, monkeypatch: pytes
     runtime = SmallMemoryRuntime()
     small = generate(inp, request, runtime)
     assert passes == ["tiled_encode", "tiled_decode"]
+    cfg, size = inp.vae.config, (H, W)
+    vae_loads = [extra for name, extra in runtime.loads if name == "CogVideoXVAE"]
+    assert pass_memory(cfg, 1, size, inp.vae.dtype, encode=True) in vae_loads  # room for the encode
+    assert vae_loads[-1] == pass_memory(cfg, 1, size, inp.vae.dtype)  # and for the decode
     assert max(grids) >= 4
     assert (small - roomy).abs().max().item() <= 5e-5
     assert runtime.steps == [(1, 3), (2, 3), (3, 3)]  # the sampler's bar only

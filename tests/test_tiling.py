@@ -22,8 +22,8 @@ from cogvideox_core import host_memory, tiling, tiling_exact
 from cogvideox_core.errors import Interrupted
 from cogvideox_core.families import VAEConfig
 from cogvideox_core.ops import cast_ops
-from cogvideox_core.tiling import (_store_bytes, _store_device, auto_tile_size, iter_tiled_decode, tail_elements,
-                                   tiled_decode, tiled_encode)
+from cogvideox_core.tiling import (_store_bytes, _store_device, auto_tile_size, iter_tiled_decode, pass_memory,
+                                   tail_elements, tiled_decode, tiled_encode)
 from cogvideox_core.tiling_plan import (blend_ramp, downsample_source, downsampled_size, grid_regions,
                                         grid_shape, overlapping_spans, regions_for_budget, split_region,
                                         upsample_source, with_halo)
@@ -357,6 +357,20 @@ def test_auto_tile_size() -> None:
     assert all(a[0] <= b[0] and a[0] % 8 == 0 and a[0] == a[1] for a, b in zip(sizes, sizes[1:]))
     assert auto_tile_size(cfg, 4 << 30, torch.bfloat16)[0] > sizes[2][0]
     assert auto_tile_size(cfg, 4 << 30, torch.float32, encode=True)[0] > sizes[2][0]  # 128 vs 256 channels
+
+
+def test_pass_memory_is_the_store_and_a_tile() -> None:
+    """What a pass asks the host to free: the store plus a 256-pixel tile's region tensors; the
+    same for any frame count (the store is per chunk), times the batch."""
+    cfg = VAEConfig()
+    need = pass_memory(cfg, 1, (480, 720), torch.bfloat16)
+    store = _store_bytes(cfg, (480, 720), torch.bfloat16, encode=False)
+    assert store < need < store + (2 << 30) and 6 << 30 < need < 8 << 30
+    assert pass_memory(cfg, 2, (480, 720), torch.bfloat16) == 2 * need
+    assert pass_memory(cfg, 1, (480, 720), torch.float32) == 2 * need
+    assert pass_memory(cfg, 1, (480, 720), torch.bfloat16, encode=True) < need
+    small = pass_memory(cfg, 1, (64, 96), torch.bfloat16)  # a tile no larger than the frame
+    assert small < _store_bytes(cfg, (64, 96), torch.bfloat16, encode=False) + (256 << 20)
 
 
 def test_store_stays_on_the_device_only_when_it_fits() -> None:
