@@ -243,15 +243,42 @@ def _reporter(rt: Runtime, progress: ProgressFn | None) -> Callable[[int, int], 
     return report
 
 
+def check_settings(vae_config: VAEConfig, tile: int | Sequence[int] | None,
+                   overlap: int | Sequence[int] | None, exact: bool = True) -> None:
+    """``ValueError`` naming the setting, its value and what is allowed for tile/overlap settings
+    that cannot work: what the passes check first, for a caller that wants it before loading a
+    model. (An overlap against an automatic tile can only be checked by the pass.)"""
+    s = vae_config.spatial_compression
+    tile_hw = check_pair("tile", tile, s, s)
+    if exact:
+        _check_no_overlap(overlap)
+        return
+    overlap_hw = check_pair("overlap", overlap, s, 0)
+    if tile_hw is not None and overlap_hw is not None:
+        _check_overlap_below_tile(overlap, tile_hw, overlap_hw)
+
+
+def _check_no_overlap(overlap: int | Sequence[int] | None) -> None:
+    if overlap not in (None, 0, (0, 0), [0, 0]):
+        raise ValueError(f"overlap={overlap!r}: exact=True computes every region with its receptive "
+                         f"field and takes no overlap; pass overlap=None, or exact=False to blend tiles")
+
+
+def _check_overlap_below_tile(overlap: int | Sequence[int] | None, tile_hw: tuple[int, int],
+                              overlap_hw: tuple[int, int]) -> None:
+    for axis, t, o in zip(("height", "width"), tile_hw, overlap_hw):
+        if o >= t:
+            raise ValueError(f"overlap={overlap!r}: the {axis} overlap {o} must be below the tile's "
+                             f"{axis} {t} (tile={tile_hw})")
+
+
 def _exact_context(vae: CogVideoXVAE, rt: Runtime, tile: int | Sequence[int] | None,
                    overlap: int | Sequence[int] | None, store: torch.device | str | None, batch: int,
                    size: tuple[int, int], encode: bool) -> Context:
     """Checks the settings; picks the store device and the element budget of a region tensor
     (from ``tile`` per sample, or from the free memory left after the store)."""
     cfg, device, dtype = vae.config, torch.device(rt.device), vae.dtype
-    if overlap not in (None, 0, (0, 0), [0, 0]):
-        raise ValueError(f"overlap={overlap!r}: exact=True computes every region with its receptive "
-                         f"field and takes no overlap; pass overlap=None, or exact=False to blend tiles")
+    _check_no_overlap(overlap)
     tile_hw = check_pair("tile", tile, cfg.spatial_compression, cfg.spatial_compression)
     free = 0 if tile_hw is not None and store is not None else int(rt.free_memory())
     need = batch * _store_bytes(cfg, size, dtype, encode)
@@ -310,10 +337,7 @@ def _fast_settings(cfg: VAEConfig, tile: int | Sequence[int] | None, overlap: in
     overlap_hw = check_pair("overlap", overlap, s, 0)
     if overlap_hw is None:
         overlap_hw = tuple(t // 4 // s * s for t in tile_hw)  # type: ignore[assignment]
-    for axis, t, o in zip(("height", "width"), tile_hw, overlap_hw):
-        if o >= t:
-            raise ValueError(f"overlap={overlap!r}: the {axis} overlap {o} must be below the tile's "
-                             f"{axis} {t} (tile={tile_hw})")
+    _check_overlap_below_tile(overlap, tile_hw, overlap_hw)  # type: ignore[arg-type]
     return tile_hw, overlap_hw  # type: ignore[return-value]
 
 
@@ -362,4 +386,4 @@ def _fast_encode(vae: CogVideoXVAE, video: Tensor, tile: tuple[int, int], overla
 
 
 __all__ = ["tiled_decode", "iter_tiled_decode", "tiled_encode", "TiledEncoder", "no_progress", "auto_tile_size",
-           "pass_memory", "tail_elements", "OutOfMemoryError"]
+           "check_settings", "pass_memory", "tail_elements", "OutOfMemoryError"]

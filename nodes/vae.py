@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.tiling import pass_memory, tiled_decode, tiled_encode
+from ..cogvideox_core.tiling import check_settings, pass_memory, tiled_decode, tiled_encode
 from . import host
 from .common import MAX_RESOLUTION, SPATIAL, VAE, VAEHandle, check_frames, images_tensor, int_input, latent_samples, tip
 
@@ -50,6 +50,7 @@ class CogVideoXTiledDecode:
     def decode(self, vae: VAEHandle, latent: dict, exact: bool = True, tile: int = 0,
                overlap: int = 0) -> tuple[torch.Tensor]:
         z = latent_samples("latent", latent)
+        check_settings(vae.model.config, **_settings(tile, overlap), exact=exact)  # before loading
         runtime = host.runtime(vae.patcher)
         size = (z.shape[3] * SPATIAL, z.shape[4] * SPATIAL)
         model = host.load(runtime, vae.patcher, pass_memory(vae.model.config, z.shape[0], size, vae.dtype))
@@ -76,6 +77,7 @@ class CogVideoXTiledEncode:
                overlap: int = 0) -> tuple[dict]:
         frames = images_tensor("images", images)
         check_frames("images (frame count)", frames.shape[0])
+        check_settings(vae.model.config, **_settings(tile, overlap), exact=exact)
         runtime = host.runtime(vae.patcher)
         size = (frames.shape[1], frames.shape[2])
         model = host.load(runtime, vae.patcher, pass_memory(vae.model.config, 1, size, vae.dtype, encode=True))

@@ -559,10 +559,20 @@ def test_tiled_decode_equals_the_vae(loaded: dict) -> None:
     assert torch.allclose(images, ref, atol=1e-5)
     fast, = node("CogVideoXTiledDecode")(vae, {"samples": z}, False, 32, 16)
     assert fast.shape == images.shape
-    with pytest.raises(ValueError, match=r"overlap=16: exact=True"):
-        node("CogVideoXTiledDecode")(vae, {"samples": z}, True, 32, 16)
-    with pytest.raises(ValueError, match=r"tile=12"):
-        node("CogVideoXTiledDecode")(vae, {"samples": z}, True, 12, 0)
+
+
+def test_vae_nodes_refuse_bad_tiles_before_loading(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_load(*args, **kwargs):
+        raise AssertionError("the VAE was loaded before the settings were checked")
+
+    monkeypatch.setattr(host, "load", no_load)
+    vae, z = loaded["vae"], torch.zeros(1, 16, 3, HEIGHT // 8, WIDTH // 8)
+    for exact, tile, overlap, match in ((True, 32, 16, r"overlap=16: exact=True"), (True, 12, 0, r"tile=12"),
+                                        (False, 16, 16, r"overlap=16: the height overlap 16 must be below")):
+        with pytest.raises(ValueError, match=match):
+            node("CogVideoXTiledDecode")(vae, {"samples": z}, exact, tile, overlap)
+        with pytest.raises(ValueError, match=match):
+            node("CogVideoXTiledEncode")(vae, _image(FRAMES), exact, tile, overlap)
 
 
 def test_vae_nodes_ask_the_host_for_room_before_the_pass(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -22,8 +22,8 @@ from cogvideox_core import host_memory, tiling, tiling_exact
 from cogvideox_core.errors import Interrupted
 from cogvideox_core.families import VAEConfig
 from cogvideox_core.ops import cast_ops
-from cogvideox_core.tiling import (_store_bytes, _store_device, auto_tile_size, iter_tiled_decode, pass_memory,
-                                   tail_elements, tiled_decode, tiled_encode)
+from cogvideox_core.tiling import (_store_bytes, _store_device, auto_tile_size, check_settings, iter_tiled_decode,
+                                   pass_memory, tail_elements, tiled_decode, tiled_encode)
 from cogvideox_core.tiling_plan import (blend_ramp, downsample_source, downsampled_size, grid_regions,
                                         grid_shape, overlapping_spans, regions_for_budget, split_region,
                                         upsample_source, with_halo)
@@ -337,6 +337,8 @@ def test_out_of_memory_retries_in_halves_keeping_finished_regions(tiny: CogVideo
     (dict(tile=(16, 32), overlap=(8, 12), exact=False), r"overlap=\(8, 12\): each side must be a multiple of 8"),
 ])
 def test_bad_settings_raise_value_error(tiny: CogVideoXVAE, kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_settings(tiny.config, kwargs.get("tile"), kwargs.get("overlap"), kwargs.get("exact", True))
     with pytest.raises(ValueError, match=match):
         tiled_decode(tiny, _latents(tiny.config, 1, 3, 3), **kwargs)
     with pytest.raises(ValueError, match=match):
