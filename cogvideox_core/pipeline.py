@@ -51,7 +51,7 @@ from .runtime import Runtime, TorchRuntime, call_progress
 from .sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
 from .sampling.schedules import Schedule
-from .tiling import TiledEncoder, no_progress, pass_memory, tiled_decode
+from .tiling import TiledEncoder, decode_memory, no_progress, tiled_decode
 from .vae import CogVideoXVAE
 
 logger = logging.getLogger(__name__)
@@ -205,10 +205,9 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
 
 def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime,
                       plan: ConditioningPlan, generator: torch.Generator) -> Conditioning:
-    """Encode the conditioning inputs (I2V/V2V draw from ``generator`` here, before the noise).
+    """Encode the conditioning inputs (I2V/V2V draw from ``generator`` here, before the noise;
+    the VAE is loaded, with room for the pass, only when there is something to encode).
     The Fun InP known-pixel noise uses its own generator seeded with ``seed + 1``."""
-    if models.vae is not None and plan.mode != "t2v":
-        runtime.load(models.vae)
     aug = torch.Generator(device="cpu").manual_seed((request.seed + 1) % 2**64)
     encoder = None if models.vae is None else TiledEncoder(models.vae, runtime)
     return build_conditioning(plan, request.inputs, models.family, encoder, generator,
@@ -304,8 +303,7 @@ def decode_latents(vae: CogVideoXVAE, z: torch.Tensor, runtime: Runtime) -> torc
     sized from the device's free memory. It checks the interrupt after every frame chunk but
     reports no progress: the bar the user watches counts sampling steps (over all chunks of a
     chained video); the VAE nodes show their own decode progress."""
-    s = vae.config.spatial_compression
-    runtime.load(vae, pass_memory(vae.config, z.shape[0], (z.shape[3] * s, z.shape[4] * s), vae.dtype))
+    runtime.load(vae, decode_memory(vae, z))
     logger.info("decoding %d latent frames of %dx%d", z.shape[2], z.shape[3], z.shape[4])
     return tiled_decode(vae, z, runtime=runtime, progress=no_progress)
 

@@ -86,6 +86,21 @@ def pass_memory(vae_config: VAEConfig, batch: int, size: tuple[int, int], dtype:
     return batch * (_store_bytes(vae_config, size, dtype, encode) + regions * _element_size(dtype))
 
 
+def decode_memory(vae: CogVideoXVAE, z: Tensor) -> int:
+    """:func:`pass_memory` of decoding latents ``z`` [B, C_lat, F_lat, h, w] with ``vae``."""
+    return pass_memory(vae.config, z.shape[0], _pixel_size(vae.config, z), vae.dtype)
+
+
+def encode_memory(vae: CogVideoXVAE, video: Tensor) -> int:
+    """:func:`pass_memory` of encoding ``video`` [B, 3, F, H, W] with ``vae``."""
+    return pass_memory(vae.config, video.shape[0], (video.shape[3], video.shape[4]), vae.dtype, encode=True)
+
+
+def _pixel_size(config: VAEConfig, z: Tensor) -> tuple[int, int]:
+    """The decoded (height, width) of latents [B, C, F, h, w]."""
+    return z.shape[3] * config.spatial_compression, z.shape[4] * config.spatial_compression
+
+
 def _ref_channels(config: VAEConfig, encode: bool) -> int:
     """Channels of the widest tensor at full resolution: the decoder's last upsampler (its
     second block's width) and last block; the encoder's first block."""
@@ -111,8 +126,7 @@ def tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int] | No
     """
     _check_latents(z, vae.config, "z")
     rt = runtime or _default_runtime(vae)
-    cfg, s = vae.config, vae.config.spatial_compression
-    size = (z.shape[3] * s, z.shape[4] * s)
+    cfg, size = vae.config, _pixel_size(vae.config, z)
     counts = [upsampled_frames(end - start, temporal_levels(cfg)) for start, end in decode_chunks(z.shape[2])]
     out = torch.empty((z.shape[0], cfg.out_channels, sum(counts), *size), device=rt.intermediate_device,
                       dtype=vae.dtype)
@@ -162,7 +176,7 @@ def iter_tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int]
     checked here, before the first chunk."""
     _check_latents(z, vae.config, "z")
     rt = runtime or _default_runtime(vae)
-    size = (z.shape[3] * vae.config.spatial_compression, z.shape[4] * vae.config.spatial_compression)
+    size = _pixel_size(vae.config, z)
     ctx = _exact_context(vae, rt, tile, None, store, z.shape[0], size, encode=False)
 
     def new_chunk(frames: int) -> Tensor:
@@ -211,8 +225,7 @@ class TiledEncoder:
         self.vae, self.runtime, self.tile = vae, runtime, tile
 
     def encode(self, video: Tensor) -> DiagonalGaussian:
-        size = (video.shape[3], video.shape[4])
-        self.runtime.load(self.vae, pass_memory(self.vae.config, video.shape[0], size, self.vae.dtype, encode=True))
+        self.runtime.load(self.vae, encode_memory(self.vae, video))
         post = tiled_encode(self.vae, video, tile=self.tile, runtime=self.runtime, progress=no_progress)
         device = torch.device(self.runtime.device)
         return DiagonalGaussian(post.mean.to(device), post.logvar.to(device))
@@ -386,4 +399,4 @@ def _fast_encode(vae: CogVideoXVAE, video: Tensor, tile: tuple[int, int], overla
 
 
 __all__ = ["tiled_decode", "iter_tiled_decode", "tiled_encode", "TiledEncoder", "no_progress", "auto_tile_size",
-           "check_settings", "pass_memory", "tail_elements", "OutOfMemoryError"]
+           "check_settings", "pass_memory", "decode_memory", "encode_memory", "tail_elements", "OutOfMemoryError"]

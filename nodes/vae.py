@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.tiling import check_settings, pass_memory, tiled_decode, tiled_encode
+from ..cogvideox_core.tiling import check_settings, decode_memory, encode_memory, tiled_decode, tiled_encode
 from . import host
 from .common import MAX_RESOLUTION, SPATIAL, VAE, VAEHandle, check_frames, images_tensor, int_input, latent_samples, tip
 
@@ -50,11 +50,11 @@ class CogVideoXTiledDecode:
     def decode(self, vae: VAEHandle, latent: dict, exact: bool = True, tile: int = 0,
                overlap: int = 0) -> tuple[torch.Tensor]:
         z = latent_samples("latent", latent)
-        check_settings(vae.model.config, **_settings(tile, overlap), exact=exact)  # before loading
+        settings = _settings(tile, overlap)
+        check_settings(vae.model.config, **settings, exact=exact)  # before loading
         runtime = host.runtime(vae.patcher)
-        size = (z.shape[3] * SPATIAL, z.shape[4] * SPATIAL)
-        model = host.load(runtime, vae.patcher, pass_memory(vae.model.config, z.shape[0], size, vae.dtype))
-        video = tiled_decode(model, z, exact=exact, runtime=runtime, **_settings(tile, overlap))
+        model = host.load(runtime, vae.patcher, decode_memory(vae.model, z))
+        video = tiled_decode(model, z, exact=exact, runtime=runtime, **settings)
         frames = (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
         return (host.to_intermediate(frames.flatten(0, 1)),)
 
@@ -77,13 +77,12 @@ class CogVideoXTiledEncode:
                overlap: int = 0) -> tuple[dict]:
         frames = images_tensor("images", images)
         check_frames("images (frame count)", frames.shape[0])
-        check_settings(vae.model.config, **_settings(tile, overlap), exact=exact)
-        runtime = host.runtime(vae.patcher)
-        size = (frames.shape[1], frames.shape[2])
-        model = host.load(runtime, vae.patcher, pass_memory(vae.model.config, 1, size, vae.dtype, encode=True))
+        settings = _settings(tile, overlap)
+        check_settings(vae.model.config, **settings, exact=exact)
         video = (frames * 2 - 1).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W] in -1..1, any device
-        posterior = tiled_encode(model, video, exact=exact, runtime=runtime,
-                                 **_settings(tile, overlap))
+        runtime = host.runtime(vae.patcher)
+        model = host.load(runtime, vae.patcher, encode_memory(vae.model, video))
+        posterior = tiled_encode(model, video, exact=exact, runtime=runtime, **settings)
         return ({"samples": host.to_intermediate(posterior.mode().float())},)
 
 

@@ -17,6 +17,7 @@ import logging
 
 import pytest
 import torch
+from vae_configs import TINY_VAE_CONFIGS
 
 from cogvideox_core import host_memory, tiling, tiling_exact
 from cogvideox_core.errors import Interrupted
@@ -32,12 +33,7 @@ from cogvideox_core.vae import CogVideoXVAE, decode_chunks, decoded_num_frames, 
 logger = logging.getLogger("tests.tiling")
 
 TOL = 5e-5
-CONFIGS = {
-    "c8-z4-l1-g4": VAEConfig(block_out_channels=(8, 8, 16, 16), latent_channels=4, layers_per_block=1,
-                             norm_num_groups=4),
-    "c8-16-z16-l2-g2": VAEConfig(block_out_channels=(8, 16, 16, 16), latent_channels=16, layers_per_block=2,
-                                 norm_num_groups=2),
-}
+CONFIGS = TINY_VAE_CONFIGS
 
 
 def _make_vae(config: VAEConfig, seed: int = 0, dtype: torch.dtype = torch.float32, ops=torch.nn) -> CogVideoXVAE:
