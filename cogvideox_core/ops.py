@@ -1,7 +1,7 @@
 """Layer classes and the attention function the core's models are built from.
 
 Models take an ``ops`` namespace (``ops.Linear``, ``ops.Conv2d``, ``ops.Conv3d``,
-``ops.LayerNorm``, ``ops.GroupNorm``), the way ComfyUI's model code takes ``operations``, so a
+``ops.LayerNorm``, ``ops.GroupNorm``, ``ops.Embedding``), the way ComfyUI's model code takes ``operations``, so a
 host can hand in its own (ComfyUI's ``comfy.ops`` for partial low-VRAM loading). The default
 skips weight initialisation: weights always come from a file, and random init of a 5B model
 costs seconds for nothing (ComfyUI ``comfy.ops.disable_weight_init``).
@@ -51,6 +51,10 @@ class disable_weight_init:  # noqa: N801 - namespace of layer classes, named lik
         def reset_parameters(self) -> None:
             return None
 
+    class Embedding(nn.Embedding):
+        def reset_parameters(self) -> None:
+            return None
+
 
 def _cast(t: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
     if t is None or (t.dtype == like.dtype and t.device == like.device):
@@ -81,6 +85,12 @@ class cast_ops:  # noqa: N801
     class GroupNorm(disable_weight_init.GroupNorm):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return F.group_norm(x, self.num_groups, _cast(self.weight, x), _cast(self.bias, x), self.eps)
+
+    class Embedding(disable_weight_init.Embedding):
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:  # rows in the weight's dtype
+            weight = self.weight if self.weight.device == ids.device else self.weight.to(ids.device)
+            return F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type,
+                               self.scale_grad_by_freq, self.sparse)
 
 
 default_ops = disable_weight_init

@@ -21,17 +21,18 @@ or the copy shipped in ``cogvideox_core/data/t5_tokenizer`` (T5's Apache-2.0 voc
 """
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from .errors import WeightsError
-from .ops import cast_ops
+from .ops import cast_ops, default_ops
 from .weight_files import TOKENIZER_FILES, index_shapes, is_model_root
 from .weights import component_plan, find_component, load_module, plan_shapes, storage_dtypes
 
@@ -43,13 +44,35 @@ T5_FP8_KEYS = re.compile(
     r"^encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|DenseReluDense\.wi(_[01])?)\.weight$")
 
 
+class T5Encoder(nn.Module):
+    """The pack's module around transformers' ``T5EncoderModel`` (child ``t5``).
+
+    Hosts manage it like the pack's other models: ComfyUI's ``ModelPatcher`` writes ``device``
+    and its bookkeeping attributes onto the module it wraps, which transformers' models refuse
+    (``device`` is a read-only property there); this module takes them.
+    """
+
+    def __init__(self, t5: nn.Module) -> None:
+        super().__init__()
+        self.t5 = t5
+        self.train(t5.training)  # inference modules stay in eval mode
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token ids [B, L] -> last hidden states [B, L, d_model] (no attention mask)."""
+        return self.t5(input_ids=input_ids)[0]
+
+
 @dataclass
 class TextEncoder:
     """A T5 encoder with its tokenizer; :meth:`encode` is the pipelines' prompt encoding."""
 
-    model: nn.Module  # transformers T5EncoderModel
+    model: nn.Module  # T5Encoder (a bare transformers T5EncoderModel is wrapped in one)
     tokenizer: object  # transformers PreTrainedTokenizerBase
     max_length: int = MAX_LENGTH
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, T5Encoder):
+            self.model = T5Encoder(self.model)
 
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
         """Prompts -> last hidden states [B, max_length, d_model] in the model's dtype/device."""
@@ -82,12 +105,15 @@ def tokenize(tokenizer: object, prompts: str | Sequence[str], max_length: int = 
 
 
 def encode_prompts(model: nn.Module, tokenizer: object, prompts: str | Sequence[str],
-                   max_length: int = MAX_LENGTH) -> torch.Tensor:
-    """T5 last hidden states [B, max_length, d_model] (no attention mask, as the pipelines)."""
+                   max_length: int = MAX_LENGTH, device: torch.device | None = None) -> torch.Tensor:
+    """T5 last hidden states [B, max_length, d_model] (no attention mask, as the pipelines).
+
+    ``model``: a :class:`T5Encoder`; ``device``: where the tokens go (the host's compute device:
+    under partial loading some weights stay elsewhere); default: the first weight's device."""
     ids = tokenize(tokenizer, prompts, max_length)
-    device = next(model.parameters()).device
+    device = device if device is not None else next(model.parameters()).device
     with torch.no_grad():
-        return model(input_ids=ids.to(device))[0]
+        return model(ids.to(device))
 
 
 def t5_config_from_shapes(shapes: Mapping[str, Sequence[int]], where: str = "T5 weights") -> object:
@@ -113,9 +139,12 @@ def t5_config_from_shapes(shapes: Mapping[str, Sequence[int]], where: str = "T5 
 
 
 def load_t5_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
-                    device: torch.device | str = "cpu", weight_dtype: torch.dtype | None = None) -> nn.Module:
-    """A transformers ``T5EncoderModel`` from a ``text_encoder/`` folder, a model root or one
-    file, built on meta and assign-loaded like the transformer (no second copy)."""
+                    device: torch.device | str = "cpu", weight_dtype: torch.dtype | None = None,
+                    ops: Any = None) -> T5Encoder:
+    """A :class:`T5Encoder` from a ``text_encoder/`` folder, a model root or one file, built on
+    meta and assign-loaded like the transformer (no second copy). Its layers take ``ops``'
+    classes (default: the core's; weights cast at call time when stored in fp8), so a host can
+    stream them (ComfyUI's partial loading)."""
     from transformers import T5Config, T5EncoderModel
 
     dtype_for = storage_dtypes(dtype, weight_dtype, T5_FP8_KEYS)
@@ -127,20 +156,44 @@ def load_t5_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
         config = t5_config_from_shapes(plan_shapes(plan, index_shapes(comp.index)), comp.location)
     with torch.device("meta"):
         model = T5EncoderModel(config)
-    if weight_dtype not in (None, dtype):
-        _cast_linears(model)
+    adopt_layers(model, ops if ops is not None else (cast_ops if weight_dtype not in (None, dtype) else default_ops))
     load_module(model, plan, comp.index, dtype_for, device, comp.location)
     logger.info("loaded T5 encoder (%d layers, d_model %d) from %s", config.num_layers, config.d_model,
                 comp.location)
+    return T5Encoder(model)
+
+
+def adopt_layers(model: nn.Module, ops: Any) -> nn.Module:
+    """Give transformers' plain layers the classes of ``ops`` (in place; subclasses only, so
+    state and numerics are kept): Linear and Embedding from ``ops`` (the core's casting
+    Embedding where ``ops`` has none), T5's norm one that casts its weight to the input. Every
+    weight then computes wherever its input is, as a host's memory manager needs."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    swaps = {nn.Linear: ops.Linear, nn.Embedding: getattr(ops, "Embedding", cast_ops.Embedding),
+             T5LayerNorm: _cast_t5_norm()}
+    for module in model.modules():
+        new = swaps.get(type(module))
+        if new is not None and issubclass(new, type(module)):
+            module.__class__ = new
     return model
 
 
-def _cast_linears(model: nn.Module) -> None:
-    """Let every Linear compute with its weight cast to the input dtype (fp8 storage).
-    transformers builds plain ``nn.Linear``; ``cast_ops.Linear`` only overrides ``forward``."""
-    for module in model.modules():
-        if type(module) is nn.Linear:
-            module.__class__ = cast_ops.Linear
+@functools.cache
+def _cast_t5_norm() -> type:
+    """T5's RMS norm with its weight moved to the input's device at call time."""
+    from transformers.models.t5.modeling_t5 import T5LayerNorm
+
+    class CastT5LayerNorm(T5LayerNorm):
+        def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+            variance = hidden_states.to(torch.float32).pow(2).mean(-1, keepdim=True)
+            hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
+            weight = self.weight.to(hidden_states.device)
+            if weight.dtype in (torch.float16, torch.bfloat16):
+                hidden_states = hidden_states.to(weight.dtype)
+            return weight * hidden_states
+
+    return CastT5LayerNorm
 
 
 def tokenizer_folder(path: str | Path) -> Path | None:
@@ -159,16 +212,16 @@ def tokenizer_folder(path: str | Path) -> Path | None:
 
 def load_text_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
                       device: torch.device | str = "cpu", tokenizer: str | Path | None = None,
-                      weight_dtype: torch.dtype | None = None) -> TextEncoder:
+                      weight_dtype: torch.dtype | None = None, ops: Any = None) -> TextEncoder:
     """T5 weights at ``path`` plus the tokenizer from ``tokenizer``, the weights' own folder
     tree, or the shipped copy."""
-    model = load_t5_encoder(path, dtype, device, weight_dtype)
+    model = load_t5_encoder(path, dtype, device, weight_dtype, ops)
     folder = Path(tokenizer) if tokenizer is not None else tokenizer_folder(path)
     if folder is None:
         logger.info("no tokenizer beside %s: using the shipped T5 tokenizer", path)
     return TextEncoder(model, load_tokenizer(folder))
 
 
-__all__ = ["MAX_LENGTH", "SHIPPED_TOKENIZER", "TextEncoder", "load_tokenizer", "tokenize",
+__all__ = ["MAX_LENGTH", "SHIPPED_TOKENIZER", "T5Encoder", "TextEncoder", "adopt_layers", "load_tokenizer", "tokenize",
            "encode_prompts", "t5_config_from_shapes", "load_t5_encoder", "tokenizer_folder",
            "load_text_encoder"]

@@ -56,7 +56,7 @@ class VAEHandle:
 
 @dataclass(frozen=True)
 class T5Handle:
-    patcher: Any  # .model is a transformers T5EncoderModel
+    patcher: Any  # .model is the core's T5Encoder
     tokenizer: Any
     name: str
 

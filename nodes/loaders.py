@@ -129,7 +129,8 @@ class CogVideoXT5Loader:
     def load(self, t5: str, dtype: str = "auto") -> tuple[T5Handle]:
         path = host.model_path("text_encoder", t5, "t5")
         compute, storage = resolve_dtype("dtype", dtype, T5_DTYPES, "text")
-        enc = load_text_encoder(path, dtype=compute, device=host.devices("text")[1], weight_dtype=storage)
+        enc = load_text_encoder(path, dtype=compute, device=host.devices("text")[1], weight_dtype=storage,
+                                ops=host.layer_ops(storage is not None))
         return (T5Handle(host.wrap(enc.model, "text"), enc.tokenizer, t5),)
 
 

@@ -39,7 +39,7 @@ class CogVideoXTextEncode:
     def encode(self, t5: T5Handle, positive: str, negative: str = "") -> tuple[Conditioning]:
         runtime = host.runtime(t5.patcher)
         model = host.load(runtime, t5.patcher)
-        pos, neg = (host.to_intermediate(encode_prompts(model, t5.tokenizer, [text]))  # [1, 226, D]
+        pos, neg = (host.to_intermediate(encode_prompts(model, t5.tokenizer, [text], device=runtime.device))  # [1, 226, D]
                     for text in (positive, negative))  # one call each, as the pipelines
         return (Conditioning(pos, neg),)
 
@@ -57,8 +57,10 @@ def encode_lines(t5: T5Handle | None, text: str, expected: int,
     if t5 is None:
         raise ValueError(f"{input_name}: {len(lines)} prompt line(s) given without t5: connect a "
                          "CogVideoX T5 Text Encoder Loader to encode them")
-    model = host.load(host.runtime(t5.patcher), t5.patcher)
-    return [host.to_intermediate(encode_prompts(model, t5.tokenizer, [line])) for line in lines]
+    runtime = host.runtime(t5.patcher)
+    model = host.load(runtime, t5.patcher)
+    return [host.to_intermediate(encode_prompts(model, t5.tokenizer, [line], device=runtime.device))
+            for line in lines]
 
 
 def cogvideox_tokens(tokens: dict, input_name: str = "clip") -> dict:

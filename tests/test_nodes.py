@@ -338,7 +338,7 @@ class FakeClip:
         self.seen.append(tokens)
         ids = torch.tensor([[e[0] for e in tokens[self.key][0]]])
         with torch.no_grad():
-            return self.t5.patcher.model(input_ids=ids)[0]
+            return self.t5.patcher.model(ids)
 
 
 def test_text_encode_is_the_core_encoding(loaded: dict) -> None:

@@ -159,15 +159,15 @@ def test_fp8_file_is_upcast(tmp_path: Path, reference, tokenizer) -> None:
     sd = {k: v.to(torch.float8_e4m3fn) if T5_FP8_KEYS.match(k) else v for k, v in file_state(reference).items()}
     path = save(sd, tmp_path / "t5xxl_fp8_e4m3fn.safetensors")
     encoder = load_text_encoder(path, dtype=torch.float32)
-    assert encoder.model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float32
+    assert encoder.model.t5.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float32
     expected = pipeline_embeds(fp8_rounded(reference), tokenizer, PROMPTS)
     assert (encoder.encode(PROMPTS) - expected).abs().max().item() <= 1e-5
 
 
 def test_fp8_storage(t5_folder: Path, reference, tokenizer) -> None:
     encoder = load_text_encoder(t5_folder, dtype=torch.float32, weight_dtype=torch.float8_e4m3fn)
-    ff = encoder.model.encoder.block[0].layer[1].DenseReluDense
-    assert encoder.model.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    ff = encoder.model.t5.encoder.block[0].layer[1].DenseReluDense
+    assert encoder.model.t5.encoder.block[0].layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
     assert ff.wi_0.weight.dtype == torch.float8_e4m3fn and ff.wo.weight.dtype == torch.float32
     expected = pipeline_embeds(fp8_rounded(reference), tokenizer, PROMPTS)
     assert (encoder.encode(PROMPTS) - expected).abs().max().item() <= 1e-5
@@ -215,7 +215,7 @@ def test_tokenizer_comes_from_the_model_tree(tmp_path: Path, t5_folder: Path) ->
 
 
 def test_encoder_is_loaded_once_and_tied(t5_folder: Path) -> None:
-    model = load_t5_encoder(t5_folder, dtype=torch.float32)
+    model = load_t5_encoder(t5_folder, dtype=torch.float32).t5
     assert model.shared.weight.data_ptr() == model.encoder.embed_tokens.weight.data_ptr()
     assert not model.training and not any(p.is_meta for p in model.parameters())
 
