@@ -164,14 +164,14 @@ def load_t5_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
 
 
 def adopt_layers(model: nn.Module, ops: Any) -> nn.Module:
-    """Give transformers' plain layers the classes of ``ops`` (in place; subclasses only, so
-    state and numerics are kept): Linear and Embedding from ``ops`` (the core's casting
-    Embedding where ``ops`` has none), T5's norm one that casts its weight to the input. Every
-    weight then computes wherever its input is, as a host's memory manager needs."""
+    """Give transformers' plain layers other classes (in place; subclasses only, so state and
+    numerics are kept): Linear from ``ops``; Embedding and T5's norm the core's, which move
+    their weight to the input's device at call time (a host's classes may need state their
+    constructor sets). Every weight then computes wherever its input is, as a host's memory
+    manager needs when it leaves some weights off the compute device."""
     from transformers.models.t5.modeling_t5 import T5LayerNorm
 
-    swaps = {nn.Linear: ops.Linear, nn.Embedding: getattr(ops, "Embedding", cast_ops.Embedding),
-             T5LayerNorm: _cast_t5_norm()}
+    swaps = {nn.Linear: ops.Linear, nn.Embedding: cast_ops.Embedding, T5LayerNorm: _cast_t5_norm()}
     for module in model.modules():
         new = swaps.get(type(module))
         if new is not None and issubclass(new, type(module)):

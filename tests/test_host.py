@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfyhosts import GENERATIONS, LiveServer, pack_import_seconds  # noqa: E402
+from comfyhosts import GENERATIONS, LiveServer, ensure_host, pack_import_seconds  # noqa: E402
 from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models  # noqa: E402
 
 from cogvideox_core.video_io import write_mp4  # noqa: E402
@@ -165,6 +166,24 @@ def test_loras_and_tiled_encode_in_comfyui(server: LiveServer) -> None:
     assert _video_meta(video) == (FRAMES, (WIDTH, HEIGHT))
     log = server.log()
     assert "ERROR lora" not in log and "could not patch" not in log and "not recognized" not in log
+
+
+@pytest.mark.parametrize("generation", sorted(GENERATIONS))
+def test_patcher_contract(generation: str, models: Path) -> None:
+    """Every model the pack hands to ComfyUI (transformer, LoRA-patched clone, VAE, T5) through
+    load, partial load, unload, detach, reload, LoRA patch/unpatch and clone in that host's own
+    ModelPatcher and memory manager, outputs unchanged (``tests/host_contract.py``)."""
+    python, comfy_dir = ensure_host(generation)
+    proc = subprocess.run([str(python), str(ROOT / "tests" / "host_contract.py"), str(comfy_dir),
+                           str(models.parent / "models")], capture_output=True, text=True, timeout=600,
+                          stdin=subprocess.DEVNULL)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "CONTRACT OK" in proc.stdout, out[-5000:]
+    steps = ["load", "partial load t5", "partial load vae", "partial load transformer",
+             "full load after partial", "LoRA patch and unpatch across clones"]
+    steps += ["partial load lora"] if generation != "2024" else []  # see host_contract.py
+    for step in steps:
+        assert f"OK {step}" in proc.stdout, out[-3000:]
 
 
 def test_timings_table(server: LiveServer) -> None:
