@@ -20,13 +20,10 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfyhosts import GENERATIONS, LiveServer, ensure_host, pack_import_seconds  # noqa: E402
-from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models  # noqa: E402
-
-from cogvideox_core.video_io import write_mp4  # noqa: E402
+from tiny_models import HEIGHT, WIDTH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -53,37 +50,6 @@ TIMINGS: list[dict] = []  # workflow x host -> frames, size, seconds (printed at
 
 pytestmark = pytest.mark.skipif(os.environ.get("COGVIDEOX_SKIP_HOST") == "1",
                                 reason="COGVIDEOX_SKIP_HOST=1: real-host tests skipped on request")
-
-
-@pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """extra_model_paths.yaml of a folder of tiny models."""
-    root = tmp_path_factory.mktemp("host_models")
-    write_models(root / "models")
-    return extra_model_paths(root / "models", root / "extra_model_paths.yaml")
-
-
-@pytest.fixture(scope="session", params=sorted(GENERATIONS))
-def server(request: pytest.FixtureRequest, models: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A live ComfyUI of one generation with the pack, the tiny models and the input files."""
-    run_dir = tmp_path_factory.mktemp(f"comfyui_{request.param}")
-    _inputs(run_dir / "input")
-    live = LiveServer(request.param, models, run_dir, "--preview-method", "auto")
-    yield live
-    live.stop()
-
-
-def _inputs(folder: Path) -> None:
-    """The input files the workflows name: two images and a video."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    ys, xs = torch.meshgrid(torch.linspace(0, 1, HEIGHT), torch.linspace(0, 1, WIDTH), indexing="ij")
-    for name, img in (("start_frame.png", torch.stack([ys, xs, 1 - ys], -1)),
-                      ("end_frame.png", torch.stack([1 - xs, ys, xs], -1))):
-        Image.fromarray((img * 255).byte().numpy()).save(folder / name)
-    drift = torch.linspace(0, 0.5, 12)[:, None, None, None]
-    write_mp4((torch.stack([ys, xs, 1 - ys], -1)[None] + drift) % 1.0, folder / "input_video.mp4")
 
 
 def _small(extra: dict[str, dict] | None = None) -> dict[str, dict]:
@@ -166,6 +132,66 @@ def test_loras_and_tiled_encode_in_comfyui(server: LiveServer) -> None:
     assert _video_meta(video) == (FRAMES, (WIDTH, HEIGHT))
     log = server.log()
     assert "ERROR lora" not in log and "could not patch" not in log and "not recognized" not in log
+
+
+def _ids(prompt: dict, *classes: str) -> list[str]:
+    return [i for i, n in prompt.items() if n["class_type"] in classes]
+
+
+def _progress(events, node: str) -> list[dict]:
+    return [d for d in events.of_type("progress") if str(d.get("node")) == node]
+
+
+def test_progress_previews_interrupt_and_rerun(server: LiveServer) -> None:
+    """As a user sees it: the sampler's progress bar with latent previews, an interrupt from the
+    UI (``/interrupt``) that stops it within a step, then the next prompt runs with the models
+    still loaded (loaders cached, nothing read from disk again) and the decode reports progress."""
+    workflow = ROOT / "workflows" / "cogvideox_2b_text_to_video.json"
+    long = server.prompt_from_workflow(workflow, _small({"CogVideoXSampler": {"steps": 1000}}))
+    (sampler,), (decode,) = _ids(long, "CogVideoXSampler"), _ids(long, "CogVideoXTiledDecode")
+    prompt_id, events = server.submit(long)
+    deadline = time.monotonic() + 300
+    while not any(d["value"] >= 3 for d in _progress(events, sampler)):
+        assert time.monotonic() < deadline, "no sampler progress reached the client"
+        time.sleep(0.02)
+    assert server.post("/interrupt", {})[0] == 200
+    at_interrupt = max(d["value"] for d in _progress(events, sampler))
+    run = server.wait(prompt_id, events)
+    events.close()
+    assert run.status == "error" and run.message("execution_interrupted"), _failure(server, run)
+    last = max(d["value"] for d in _progress(events, sampler))
+    assert last <= at_interrupt + 2 < 1000, (at_interrupt, last)  # stopped within a step (+1 in flight)
+    assert all(d["max"] == 1000 for d in _progress(events, sampler))
+    previews = [b for b in events.binary if b"\xff\xd8\xff" in b[:64]]  # JPEG after the event header
+    assert len(previews) >= 2, f"{len(events.binary)} binary frames, {len(previews)} JPEG previews"
+    loads = server.log().count("loaded 2b transformer")
+
+    rerun = server.run(server.prompt_from_workflow(workflow, _small()))
+    assert rerun.status == "success", _failure(server, rerun)
+    assert _video_meta(_mp4s(rerun)[0]) == (FRAMES, (WIDTH, HEIGHT))
+    loaders = _ids(long, "CogVideoXModelLoader", "CogVideoXVAELoader", "CogVideoXT5Loader")
+    assert set(loaders) <= set(rerun.cached), rerun.cached
+    assert server.log().count("loaded 2b transformer") == loads
+    assert _progress(rerun.events, decode), "the decode reported no progress"
+
+
+def test_second_run_reuses_models(server: LiveServer) -> None:
+    """A second run with another seed samples again with the cached models and text encoding;
+    the same run again executes nothing."""
+    workflow = ROOT / "workflows" / "cogvideox_5b_text_to_video.json"
+    prompt = server.prompt_from_workflow(workflow, _small())
+    first = server.run(prompt)
+    assert first.status == "success", _failure(server, first)
+    loads = server.log().count("loaded 5b transformer")
+    (sampler,) = _ids(prompt, "CogVideoXSampler")
+    prompt[sampler]["inputs"]["seed"] = int(prompt[sampler]["inputs"]["seed"]) + 1
+    second = server.run(prompt)
+    assert second.status == "success", _failure(server, second)
+    reused = _ids(prompt, "CogVideoXModelLoader", "CogVideoXVAELoader", "CogVideoXT5Loader", "CogVideoXTextEncode")
+    assert set(reused) <= set(second.cached) and sampler not in second.cached
+    assert server.log().count("loaded 5b transformer") == loads
+    third = server.run(prompt)
+    assert third.status == "success" and sampler in third.cached
 
 
 @pytest.mark.parametrize("generation", sorted(GENERATIONS))

@@ -1,0 +1,48 @@
+"""Fixtures shared by the host tests: the tiny models folder and one live ComfyUI per generation."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from comfyhosts import GENERATIONS, LiveServer  # noqa: E402
+from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models  # noqa: E402
+
+from cogvideox_core.video_io import write_mp4  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """extra_model_paths.yaml of a folder of tiny models."""
+    root = tmp_path_factory.mktemp("host_models")
+    write_models(root / "models")
+    return extra_model_paths(root / "models", root / "extra_model_paths.yaml")
+
+
+@pytest.fixture(scope="session", params=sorted(GENERATIONS))
+def server(request: pytest.FixtureRequest, models: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A live ComfyUI of one generation (the test id says which) with the pack, the tiny
+    models and the input files, latent previews on."""
+    run_dir = tmp_path_factory.mktemp(f"comfyui_{request.param}")
+    _inputs(run_dir / "input")
+    live = LiveServer(request.param, models, run_dir, "--preview-method", "auto")
+    yield live
+    live.stop()
+
+
+def _inputs(folder: Path) -> None:
+    """The input files the workflows name: two images and a video."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, HEIGHT), torch.linspace(0, 1, WIDTH), indexing="ij")
+    for name, img in (("start_frame.png", torch.stack([ys, xs, 1 - ys], -1)),
+                      ("end_frame.png", torch.stack([1 - xs, ys, xs], -1))):
+        Image.fromarray((img * 255).byte().numpy()).save(folder / name)
+    drift = torch.linspace(0, 0.5, 12)[:, None, None, None]
+    write_mp4((torch.stack([ys, xs, 1 - ys], -1)[None] + drift) % 1.0, folder / "input_video.mp4")
+
+
