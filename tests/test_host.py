@@ -192,6 +192,12 @@ def test_second_run_reuses_models(server: LiveServer) -> None:
     assert server.log().count("loaded 5b transformer") == loads
     third = server.run(prompt)
     assert third.status == "success" and sampler in third.cached
+    # "Unload models" in the UI: ComfyUI's memory manager detaches them; the next run reloads
+    assert server.post("/free", {"unload_models": True, "free_memory": True})[0] == 200
+    prompt[sampler]["inputs"]["seed"] += 1
+    fourth = server.run(prompt)
+    assert fourth.status == "success", _failure(server, fourth)
+    assert _video_meta(_mp4s(fourth)[0]) == (FRAMES, (WIDTH, HEIGHT))
 
 
 @pytest.mark.parametrize("generation", sorted(GENERATIONS))
