@@ -19,7 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 CORE_NODES = {  # class -> (outputs [(name, type)], socket inputs [(name, type)])
     "LoadImage": ([("IMAGE", "IMAGE"), ("MASK", "MASK")], []),
+    # ComfyUI's own video nodes (comfy_extras/nodes_video.py; not in ComfyUI before 2025)
+    "LoadVideo": ([("VIDEO", "VIDEO")], []),
+    "GetVideoComponents": ([("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")], [("video", "VIDEO")]),
+    "CreateVideo": ([("VIDEO", "VIDEO")], [("images", "IMAGE"), ("audio", "AUDIO"), ("fps", "FLOAT")]),
+    "SaveVideo": ([], [("video", "VIDEO")]),
 }
+CORE_WIDGET_SOCKETS = {("CreateVideo", "fps")}  # widgets a link can feed: the editor marks their socket
 PROMPT = ("A panda, dressed in a small red jacket and a tiny hat, sits on a wooden stool in a serene "
           "bamboo forest, strumming a miniature acoustic guitar. Sunlight filters through the tall "
           "bamboo, casting a gentle glow; other pandas gather and watch.")
@@ -113,7 +119,9 @@ def build(nodes: list[N], note: str) -> dict[str, Any]:
         ui_nodes.append({
             "id": ids[n.key], "type": n.type, "pos": [40 + 380 * n.col, 60 + 260 * n.row],
             "size": [340, 200], "flags": {}, "order": order, "mode": 0,
-            "inputs": [{"name": name, "type": t, "link": link_of.get(name)} for name, t in sockets],
+            "inputs": [{"name": name, "type": t, "link": link_of.get(name),
+                        **({"widget": {"name": name}} if (n.type, name) in CORE_WIDGET_SOCKETS else {})}
+                       for name, t in sockets],
             "outputs": [{"name": name, "type": t, "links": out_links.get((n.key, i), []), "slot_index": i}
                         for i, (name, t) in enumerate(outputs)],
             "properties": {"Node name for S&R": n.type},
@@ -218,6 +226,25 @@ def video_to_video() -> tuple[list[N], str]:
     return nodes, note
 
 
+def video_to_video_core_nodes() -> tuple[list[N], str]:
+    root = "CogVideoX-5b"
+    nodes = [*_loaders(root), N("video", "LoadVideo", 1, 0, ["input_video.mp4", "image"]),
+             N("components", "GetVideoComponents", 1, 1, [], {"video": ("video", 0)}),
+             N("v2v", "CogVideoXVideoToVideo", 2, 1, {"width": 720, "height": 480, "frames": 49},
+               {"conditioning": ("text", 0), "vae": ("vae", 0), "video": ("components", 0)}),
+             N("sampler", "CogVideoXSampler", 2, 0, {"seed": 42, "steps": 50, "cfg": 6.0, "denoise": 0.7},
+               {"model": ("model", 0), "conditioning": ("v2v", 0), "latent": ("v2v", 1)}),
+             N("decode", "CogVideoXTiledDecode", 3, 0, {}, {"vae": ("vae", 0), "latent": ("sampler", 0)}),
+             N("create", "CreateVideo", 3, 1, [8.0], {"images": ("decode", 0), "fps": ("components", 2)}),
+             N("save", "SaveVideo", 4, 0, ["video/CogVideoX", "mp4", "h264"], {"video": ("create", 0)})]
+    note = ("Video-to-video with ComfyUI's own video nodes (Load Video, Get Video Components, Create Video, "
+            "Save Video: a ComfyUI from 2025 on): put your video in ComfyUI/input (input_video.mp4 here). "
+            "The first 'frames' frames (4k+1) are used and the saved video keeps the source's frame rate. "
+            "denoise sets how much changes (0.7: the motion stays, the look follows the prompt). "
+            + _files(root))
+    return nodes, note
+
+
 def chained_extension() -> tuple[list[N], str]:
     root = "CogVideoX-Fun-V1.1-5b-InP"
     sampling = {"seed": 42, "steps": 50, "cfg": 6.0}
@@ -250,6 +277,7 @@ WORKFLOWS = {
     "cogvideox_fun_start_end_frames": fun_start_end,
     "cogvideox_long_video_context_windows": long_video,
     "cogvideox_video_to_video": video_to_video,
+    "cogvideox_video_to_video_core_nodes": video_to_video_core_nodes,
     "cogvideox_chained_extension": chained_extension,
 }
 

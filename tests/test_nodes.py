@@ -20,7 +20,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_workflows import ROOT, WORKFLOWS, load_pack, render  # noqa: E402
+from make_workflows import CORE_NODES, ROOT, WORKFLOWS, load_pack, render  # noqa: E402
 from tiny_models import FRAMES, HEIGHT, LORA_RANK, WIDTH, lora_state, write_models  # noqa: E402
 
 PACK = load_pack()
@@ -138,7 +138,7 @@ def test_shipped_workflow_is_what_the_builder_writes(name: str) -> None:
     assert shipped == render(name), "run: python tests/make_workflows.py"
     workflow = json.loads(shipped)
     types = {n["type"] for n in workflow["nodes"]}
-    assert types <= set(NODES) | {"Note", "LoadImage"}
+    assert types <= set(NODES) | {"Note"} | set(CORE_NODES)
     note = next(n for n in workflow["nodes"] if n["type"] == "Note")
     assert "models/" in note["widgets_values"][0]
 
