@@ -224,6 +224,19 @@ def test_chinese_names_are_served(server: LiveServer) -> None:
     assert "seed" in node_defs["CogVideoXSampler"]["inputs"]
 
 
+def test_workflows_in_the_template_browser(server: LiveServer) -> None:
+    """Current ComfyUI lists a pack's ``workflows/`` in its template browser and serves each file."""
+    try:
+        templates = server.get("/workflow_templates")
+    except urllib.error.HTTPError as e:
+        assert server.generation == "2024" and e.code == 404, e
+        pytest.skip("this ComfyUI has no template browser for packs (it arrived in late 2024)")
+    assert sorted(templates.get(ROOT.name, [])) == [w.stem for w in WORKFLOWS], templates
+    for workflow in WORKFLOWS:
+        served = server.get(f"/api/workflow_templates/{ROOT.name}/{workflow.name}")
+        assert served == json.loads(workflow.read_text())
+
+
 @pytest.mark.parametrize("generation", sorted(GENERATIONS))
 def test_patcher_contract(generation: str, models: Path) -> None:
     """Every model the pack hands to ComfyUI (transformer, LoRA-patched clone, VAE, T5) through
