@@ -51,8 +51,10 @@ class CogVideoXModelLoader:
                    "diffusers folder or a single .safetensors file; the family is detected from the "
                    "weights.")
     CATEGORY = "CogVideoX/loaders"
-    RETURN_TYPES = (MODEL,)
-    RETURN_NAMES = ("model",)
+    RETURN_TYPES = (MODEL, "FLOAT")
+    RETURN_NAMES = ("model", "frame_rate")
+    OUTPUT_TOOLTIPS = ("The transformer, for the sampler (optionally through LoRAs).",
+                       "The family's frame rate (8, or 16 for the 1.5 family): for ComfyUI's Create Video.")
     FUNCTION = "load"
 
     @classmethod
@@ -72,7 +74,7 @@ class CogVideoXModelLoader:
         }}
 
     def load(self, model: str, weight_dtype: str = "auto", attention: str = "auto",
-             family: str = "auto") -> tuple[ModelHandle]:
+             family: str = "auto") -> tuple[ModelHandle, float]:
         path = host.model_path("transformer", model, "model")
         dtype, storage = resolve_dtype("weight_dtype", weight_dtype, MODEL_DTYPES, "diffusion")
         choice("attention", attention, ATTENTION)
@@ -82,7 +84,7 @@ class CogVideoXModelLoader:
             family=None if family == "auto" else family, ops=host.layer_ops(storage is not None),
             attention=host.attention(attention), weight_dtype=storage)
         patcher = host.wrap(module, "diffusion")
-        return (ModelHandle(patcher, fam, dtype, model, scheduler=_scheduler(path)),)
+        return ModelHandle(patcher, fam, dtype, model, scheduler=_scheduler(path)), float(fam.fps)
 
 
 class CogVideoXVAELoader:

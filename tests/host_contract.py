@@ -46,7 +46,7 @@ def node(name: str, *args):
     return getattr(cls(), cls.FUNCTION)(*args)
 
 
-model, = node("CogVideoXModelLoader", "CogVideoX-2b", "fp32")
+model, _fps = node("CogVideoXModelLoader", "CogVideoX-2b", "fp32")
 lora_model, = node("CogVideoXLoraLoader", model, "tiny_peft.safetensors", 0.7)
 vae, = node("CogVideoXVAELoader", "CogVideoX-2b", "fp32")
 t5, = node("CogVideoXT5Loader", "CogVideoX-2b", "fp32")

@@ -101,8 +101,8 @@ def test_core_load_image_and_image_scale_feed_image_to_video(server: LiveServer)
 
 def test_core_video_nodes_around_video_to_video(server: LiveServer) -> None:
     """Core LoadVideo + GetVideoComponents (12 frames, 8 fps) -> our video-to-video (denoise 0.6)
-    -> sampler -> decode -> core CreateVideo at the source's fps (GetVideoComponents' fps; no node
-    of ours outputs the model's frame rate) -> core SaveVideo mp4/h264: 9 frames, 96x64, 8 fps
+    -> sampler -> decode -> core CreateVideo at the source's fps (GetVideoComponents' fps) -> core
+    SaveVideo mp4/h264: 9 frames, 96x64, 8 fps
     (CreateVideo's own default is 30)."""
     _needs_core_video_nodes(server)
     prompt = {
@@ -120,6 +120,22 @@ def test_core_video_nodes_around_video_to_video(server: LiveServer) -> None:
     video = _one_mp4(server, server.run(prompt))
     assert Path(video).parent.name == "video"  # SaveVideo's subfolder, reported in its ui images
     assert _meta(video) == (FRAMES, (WIDTH, HEIGHT), 8.0)
+
+
+def test_text_to_video_into_core_create_video_at_the_model_frame_rate(server: LiveServer) -> None:
+    """Our decoded IMAGE into core CreateVideo with the model loader's frame_rate output (the 2B
+    family's 8 fps, not CreateVideo's default 30) -> core SaveVideo."""
+    _needs_core_video_nodes(server)
+    prompt = {
+        **_loaders("CogVideoX-2b"),
+        "13": {"class_type": "CogVideoXEmptyLatent", "inputs": {"width": WIDTH, "height": HEIGHT,
+                                                                "frames": FRAMES, "batch_size": 1}},
+        **_sample_decode(["4", 0], ["13", 0], 1.0),
+        "30": {"class_type": "CreateVideo", "inputs": {"images": ["21", 0], "fps": ["1", 1]}},
+        "31": {"class_type": "SaveVideo", "inputs": {"video": ["30", 0], "filename_prefix": "video/core_t2v",
+                                                     "format": "mp4", "codec": "h264"}},
+    }
+    assert _meta(_one_mp4(server, server.run(prompt))) == (FRAMES, (WIDTH, HEIGHT), 8.0)
 
 
 def test_our_load_video_feeds_core_create_video(server: LiveServer) -> None:

@@ -61,7 +61,7 @@ def loaded(models_dir: Path) -> dict:
     """The 2B tiny model, VAE and T5 loaded once (fp32), and its prompt conditioning."""
     host.MODELS_DIR = str(models_dir)
     try:
-        model, = node("CogVideoXModelLoader")("CogVideoX-2b", "fp32")
+        model, _fps = node("CogVideoXModelLoader")("CogVideoX-2b", "fp32")
         vae, = node("CogVideoXVAELoader")("CogVideoX-2b", "fp32")
         t5, = node("CogVideoXT5Loader")("CogVideoX-2b", "fp32")
         cond, = node("CogVideoXTextEncode")(t5, PROMPT, "blurry")
@@ -71,7 +71,7 @@ def loaded(models_dir: Path) -> dict:
 
 
 def _load(root: str) -> tuple:
-    model, = node("CogVideoXModelLoader")(root, "fp32")
+    model, _fps = node("CogVideoXModelLoader")(root, "fp32")
     vae, = node("CogVideoXVAELoader")(root, "fp32")
     t5, = node("CogVideoXT5Loader")(root, "fp32")
     cond, = node("CogVideoXTextEncode")(t5, PROMPT, "")
@@ -209,11 +209,11 @@ def test_model_loader_detects_the_family(loaded: dict) -> None:
 
 
 def test_model_loader_fp8_storage_and_bf16() -> None:
-    fp8, = node("CogVideoXModelLoader")("CogVideoX-2b", "fp8_e4m3fn", "sdpa")
+    fp8, _fps = node("CogVideoXModelLoader")("CogVideoX-2b", "fp8_e4m3fn", "sdpa")
     weights = dict(fp8.model.named_parameters())
     assert weights["transformer_blocks.0.attn1.to_q.weight"].dtype == torch.float8_e4m3fn
     assert weights["proj_out.weight"].dtype == fp8.dtype == torch.float32  # auto compute on CPU
-    bf16, = node("CogVideoXModelLoader")("CogVideoX-2b", "bf16")
+    bf16, _fps = node("CogVideoXModelLoader")("CogVideoX-2b", "bf16")
     assert next(bf16.model.parameters()).dtype == torch.bfloat16
 
 
