@@ -2,7 +2,7 @@
 memory of context-windowed sampling against one window.
 
 1. Drift. A synthetic chain run through the pack's own chain loop
-   (:func:`cogvideox_core.extension.chain`: tail conditioning, colour matching, crossfade) with a
+   (:func:`cogvideox_core.long_video.chain.chain`: tail conditioning, colour matching, crossfade) with a
    toy generator in place of the model. The scene is a moving colour pattern whose statistics do
    not change with time. Like a Fun InP model, the toy reproduces the colours of the tail it is
    given (a per-channel affine fit of the tail against the scene) and then drifts: by the end of
@@ -52,9 +52,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cogvideox_core.colour import colour_difference, colour_stats  # noqa: E402
-from cogvideox_core.conditioning import ConditioningInputs  # noqa: E402
-from cogvideox_core.extension import ChainOptions, chain  # noqa: E402
+from cogvideox_core.long_video.colour import colour_difference, colour_stats  # noqa: E402
+from cogvideox_core.generation.conditioning import ConditioningInputs  # noqa: E402
+from cogvideox_core.long_video.chain import ChainOptions, chain  # noqa: E402
 from cogvideox_core.families import get_family  # noqa: E402
 
 GAIN = torch.tensor([0.96, 0.98, 1.0])  # the toy's colour drift per chunk, RGB
@@ -162,11 +162,11 @@ def _status(key: str) -> int:
 
 def memory_child(kind: str, device: str) -> None:
     """One sampling run in this process; prints {"peak": bytes above the baseline, ...}."""
-    from cogvideox_core.context import ContextOptions
-    from cogvideox_core.demo import init_random
-    from cogvideox_core.pipeline import GenerateRequest, Models, generate_latents
+    from cogvideox_core.sampling.windows import ContextOptions
+    from cogvideox_core.tiny import init_random
+    from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents
     from cogvideox_core.runtime import TorchRuntime
-    from cogvideox_core.transformer import CogVideoXTransformer
+    from cogvideox_core.models.transformer import CogVideoXTransformer
 
     family = get_family("5b")
     cfg = dataclasses.replace(family.transformer, num_layers=2, num_heads=16, head_dim=64, text_dim=64)

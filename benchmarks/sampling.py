@@ -2,7 +2,7 @@
 
 A CogVideoX transformer of a real family at its real width (5B: 48 heads x 64, inner 3072,
 T5 dim 4096, time embedding 512) but only a few layers, with random weights, loaded into both
-our :class:`~cogvideox_core.transformer.CogVideoXTransformer` and diffusers'
+our :class:`~cogvideox_core.models.transformer.CogVideoXTransformer` and diffusers'
 ``CogVideoXTransformer3DModel``. Both sample the same request (same prompt embeddings, seed,
 scheduler, CFG batched) for ``--steps`` steps, ``output_type="latent"`` (no text encoder, no VAE:
 the sampling loop only). After one warm-up each, ``--repeats`` pairs of runs (ours and diffusers,
@@ -30,10 +30,10 @@ from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPi
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
 
 from cogvideox_core.families import get_family  # noqa: E402
-from cogvideox_core.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
+from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
 from cogvideox_core.runtime import TorchRuntime  # noqa: E402
 from cogvideox_core.sampling import SchedulerConfig  # noqa: E402
-from cogvideox_core.transformer import CogVideoXTransformer  # noqa: E402
+from cogvideox_core.models.transformer import CogVideoXTransformer  # noqa: E402
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
 

@@ -4,7 +4,7 @@ The full-size CogVideoX VAE architecture (215.6M parameters, fp32, random weight
 on the CPU decodes random latents of 128x192 pixels (16x24 latents) for 4, 8, 16 and 32 latent
 frames in four ways, each in its own process:
 
-  (a) tiled     ``cogvideox_core.tiling.tiled_decode``, exact mode, ``--tile`` (default 64x96)
+  (a) tiled     ``cogvideox_core.vae.tiling.tiled_decode``, exact mode, ``--tile`` (default 64x96)
   (b) untiled   ``CogVideoXVAE.decode`` (the reference chunking, no tiling)
   (c) diffusers ``AutoencoderKLCogVideoX.decode``
   (d) diff-tile diffusers after ``enable_tiling(tile_sample_min_height/width=--tile)``
@@ -93,7 +93,7 @@ def _load_model(variant: str, weights: str) -> torch.nn.Module:
         model.load_state_dict(state, strict=True, assign=True)
     else:
         from cogvideox_core.families import VAEConfig
-        from cogvideox_core.vae import CogVideoXVAE
+        from cogvideox_core.vae.model import CogVideoXVAE
 
         model = CogVideoXVAE(VAEConfig())
         model.load_state_dict(state, strict=True)
@@ -102,7 +102,7 @@ def _load_model(variant: str, weights: str) -> torch.nn.Module:
 
 
 def _decode_fn(variant: str, model: torch.nn.Module, args: argparse.Namespace):
-    from cogvideox_core.tiling import tiled_decode
+    from cogvideox_core.vae.tiling import tiled_decode
 
     tile = tuple(args.tile)
     if variant == "tiled":
@@ -149,7 +149,7 @@ def run_worker(variant: str, frames: int, args: argparse.Namespace, weights: Pat
 def make_weights(path: Path) -> None:
     """Random weights with torch's default layer init (what diffusers' model gets), seed 0."""
     from cogvideox_core.families import VAEConfig
-    from cogvideox_core.vae import CogVideoXVAE
+    from cogvideox_core.vae.model import CogVideoXVAE
 
     torch.manual_seed(0)
     torch.save(CogVideoXVAE(VAEConfig(), ops=torch.nn).state_dict(), path)

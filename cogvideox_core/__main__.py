@@ -1,4 +1,4 @@
-"""``python -m cogvideox_core``: see :mod:`cogvideox_core.cli`."""
-from cogvideox_core.cli import main
+"""``python -m cogvideox_core``: see :mod:`cogvideox_core.cli.main`."""
+from cogvideox_core.cli.main import main
 
 raise SystemExit(main())

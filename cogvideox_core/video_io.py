@@ -96,3 +96,14 @@ def count_frames(path: str | os.PathLike) -> int:
     """Number of frames in a video file (decodes it; fine for test-sized files)."""
     n, _secs = _ffmpeg().count_frames_and_secs(str(path))
     return int(n)
+
+
+def write_frames(frames: torch.Tensor, out: Path, fps: float) -> Path:
+    """[F, H, W, C] 0..1 to ``out``: H.264 mp4, or safetensors ``{"frames": float32}``."""
+    if out.suffix.lower() == ".mp4":
+        return write_mp4(frames, out, fps=fps)
+    from safetensors.torch import save_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"frames": frames.float().contiguous().cpu()}, str(out))
+    return out

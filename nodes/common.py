@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.conditioning import ConditioningInputs
+from ..cogvideox_core.generation.conditioning import ConditioningInputs
 from ..cogvideox_core.families import Family
 
 MODEL = "COGVIDEOX_MODEL"

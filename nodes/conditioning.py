@@ -2,7 +2,7 @@
 
 A conditioning node checks its inputs' units and attaches them (with the VAE that encodes
 them) to the prompt conditioning; the sampler encodes them with its seed, in the diffusers
-pipelines' order (``cogvideox_core.conditioning``), and checks them against the model's
+pipelines' order (``cogvideox_core.generation.conditioning``), and checks them against the model's
 family before any heavy work. Each node also outputs the empty LATENT that sets the video's
 frames and size for the sampler.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.conditioning import ConditioningInputs
+from ..cogvideox_core.generation.conditioning import ConditioningInputs
 from . import host
 from .common import (CONDITIONING, LATENT_CHANNELS, MAX_FRAMES, MAX_RESOLUTION, SPATIAL, TEMPORAL, VAE,
                      Conditioning, VAEHandle, check_frames, check_multiple, float_input, images_tensor,

@@ -1,6 +1,6 @@
 """Loader nodes: the transformer, the VAE, the T5 text encoder and LoRAs.
 
-Weights are read by the core (``cogvideox_core.weights`` / ``.text`` / ``.lora``) onto the
+Weights are read by the core (``cogvideox_core.loading.weights`` / ``.text`` / ``.lora``) onto the
 offload device with the host's layer classes, then wrapped for the host's memory manager; the
 family is detected from the weights, never from a file name.
 """
@@ -13,15 +13,15 @@ from typing import Any
 import torch
 
 from ..cogvideox_core.families import FAMILY_NAMES
-from ..cogvideox_core.lora import load_lora
+from ..cogvideox_core.loading.lora import load_lora
 from ..cogvideox_core.sampling import SchedulerConfig
-from ..cogvideox_core.text import load_text_encoder
-from ..cogvideox_core.weights import load_transformer, load_vae
+from ..cogvideox_core.loading.text import load_text_encoder
+from ..cogvideox_core.loading.weights import load_transformer, load_vae
 from . import host
 from .common import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle, choice, float_input, tip
 
 # Storage dtype choices; "auto" is bf16 where the device supports it, else fp32. fp8 stores
-# the block matmul weights in fp8 and computes in the auto dtype (see cogvideox_core.weights).
+# the block matmul weights in fp8 and computes in the auto dtype (see cogvideox_core.loading.weights).
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 MODEL_DTYPES = ("auto", *DTYPES, *FP8)

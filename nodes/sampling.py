@@ -1,10 +1,10 @@
 """Sampling nodes: context window options, the sampler, and chained extension.
 
-The sampler is one call of ``cogvideox_core.pipeline.generate_latents`` per batch entry: the
+The sampler is one call of ``cogvideox_core.generation.pipeline.generate_latents`` per batch entry: the
 conditioning is validated against the model's family first, encoded with the seed, sampled
 with the family's scheduler, and the final latents come back unscaled in ComfyUI's video
 latent layout [B, 16, F_lat, H/8, W/8]. The extend node is one
-``cogvideox_core.extension.extend_chain`` call: chunks conditioned on the video's last frames,
+``cogvideox_core.long_video.chain.extend_chain`` call: chunks conditioned on the video's last frames,
 colour-matched to its first chunk and crossfaded on.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.context import SCHEDULES, WEIGHTS, ContextOptions
-from ..cogvideox_core.extension import ChainOptions, extend_chain
-from ..cogvideox_core.pipeline import GenerateRequest, Models, generate_latents
+from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
+from ..cogvideox_core.long_video.chain import ChainOptions, extend_chain
+from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents
 from ..cogvideox_core.sampling import SAMPLER_NAMES
 from . import host
 from .common import (CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, SPATIAL, T5, TEMPORAL, VAE, Conditioning,

@@ -1,7 +1,7 @@
 """Text encode nodes: prompt embeddings from the pack's T5 loader or from ComfyUI's own CLIP.
 
 Every CogVideoX family reads T5-XXL states of exactly 226 tokens computed without a mask
-(``cogvideox_core.text``). ComfyUI's CLIP tokenizes with its own padding rules, so the CLIP
+(``cogvideox_core.loading.text``). ComfyUI's CLIP tokenizes with its own padding rules, so the CLIP
 node rewrites the T5 token stream to the CogVideoX rule before encoding: the prompt's tokens,
 cut to 225, then ``</s>``, then ``<pad>`` up to 226.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.text import MAX_LENGTH, encode_prompts
+from ..cogvideox_core.loading.text import MAX_LENGTH, encode_prompts
 from . import host
 from .common import CONDITIONING, T5, Conditioning, T5Handle, tip
 

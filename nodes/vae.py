@@ -1,6 +1,6 @@
 """VAE nodes: LATENT <-> IMAGE frames with the CogVideoX causal VAE, tiled.
 
-``cogvideox_core.tiling`` decodes and encodes in the reference frame chunks with the causal
+``cogvideox_core.vae.tiling`` decodes and encodes in the reference frame chunks with the causal
 cache carried between them, split spatially into tiles; finished frames leave the compute
 device chunk by chunk. Exact mode (the default) equals the untiled VAE; ``exact`` off blends
 overlapping tiles (faster on small GPUs, not equal). LATENT is unscaled VAE space
@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.tiling import check_settings, decode_memory, encode_memory, tiled_decode, tiled_encode
+from ..cogvideox_core.vae.tiling import check_settings, decode_memory, encode_memory, tiled_decode, tiled_encode
 from . import host
 from .common import MAX_RESOLUTION, SPATIAL, VAE, VAEHandle, check_frames, images_tensor, int_input, latent_samples, tip
 

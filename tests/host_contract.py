@@ -35,8 +35,8 @@ spec = importlib.util.spec_from_file_location("cogvideox_pack", ROOT / "__init__
 pack = importlib.util.module_from_spec(spec)
 sys.modules["cogvideox_pack"] = pack
 spec.loader.exec_module(pack)  # type: ignore[union-attr]
-from cogvideox_pack.cogvideox_core.lora import load_lora  # noqa: E402
-from cogvideox_pack.cogvideox_core.text import encode_prompts  # noqa: E402
+from cogvideox_pack.cogvideox_core.loading.lora import load_lora  # noqa: E402
+from cogvideox_pack.cogvideox_core.loading.text import encode_prompts  # noqa: E402
 
 NODES = pack.NODE_CLASS_MAPPINGS
 
@@ -115,7 +115,7 @@ def partial_load(patcher) -> int:
 def not_streamable(patcher) -> list[str]:
     """Modules owning weights that neither ComfyUI can stream nor cast themselves at call time."""
     from cogvideox_pack.cogvideox_core.ops import cast_ops
-    from cogvideox_pack.cogvideox_core.text import _cast_t5_norm
+    from cogvideox_pack.cogvideox_core.loading.text import _cast_t5_norm
 
     own = (_cast_t5_norm(), cast_ops.Embedding)  # the core's layers that cast themselves
     return sorted({type(m).__name__ for m in patcher.model.modules()

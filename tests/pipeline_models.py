@@ -13,13 +13,13 @@ from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoX
                        CogVideoXTransformer3DModel)
 from transformers import T5EncoderModel
 
-from cogvideox_core.demo import tiny_family, tiny_t5_config, tiny_vae_config
+from cogvideox_core.tiny import tiny_family, tiny_t5_config, tiny_vae_config
 from cogvideox_core.families import Family
-from cogvideox_core.pipeline import Models
+from cogvideox_core.generation.pipeline import Models
 from cogvideox_core.sampling import SchedulerConfig
-from cogvideox_core.text import TextEncoder, load_tokenizer
-from cogvideox_core.transformer import CogVideoXTransformer
-from cogvideox_core.vae import CogVideoXVAE
+from cogvideox_core.loading.text import TextEncoder, load_tokenizer
+from cogvideox_core.models.transformer import CogVideoXTransformer
+from cogvideox_core.vae.model import CogVideoXVAE
 
 SCHEDULERS = {"ddim": CogVideoXDDIMScheduler, "dpm": CogVideoXDPMScheduler}
 

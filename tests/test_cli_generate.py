@@ -19,11 +19,11 @@ from diffusers import CogVideoXDDIMScheduler  # noqa: E402
 from pipeline_models import build, scheduler_kwargs  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
-from cogvideox_core.cli import main  # noqa: E402
-from cogvideox_core.conditioning import ConditioningInputs  # noqa: E402
-from cogvideox_core.context import ContextOptions  # noqa: E402
-from cogvideox_core.extension import ChainOptions, generate_long  # noqa: E402
-from cogvideox_core.pipeline import GenerateRequest, generate  # noqa: E402
+from cogvideox_core.cli.main import main  # noqa: E402
+from cogvideox_core.generation.conditioning import ConditioningInputs  # noqa: E402
+from cogvideox_core.sampling.windows import ContextOptions  # noqa: E402
+from cogvideox_core.long_video.chain import ChainOptions, generate_long  # noqa: E402
+from cogvideox_core.generation.pipeline import GenerateRequest, generate  # noqa: E402
 from cogvideox_core.video_io import count_frames, read_image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

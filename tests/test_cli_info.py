@@ -1,6 +1,6 @@
 """``python -m cogvideox_core info PATH [--json]``: text and JSON reports, exit codes.
 
-Most cases call :func:`cogvideox_core.cli.main` in-process; one runs the real
+Most cases call :func:`cogvideox_core.cli.main.main` in-process; one runs the real
 ``python -m cogvideox_core`` to check the entry point, the exit code and that an error is one
 line without a traceback.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cogvideox_core.cli import build_parser, main
+from cogvideox_core.cli.main import build_parser, main
 from cogvideox_core.families import FAMILIES, FAMILY_NAMES
 from weights_util import layout_shapes, random_transformer, random_vae, real_shapes, write_header_only
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogvideox_core.conditioning import (INP_NOISE_SIGMA, ConditioningInputs, build_conditioning,
+from cogvideox_core.generation.conditioning import (INP_NOISE_SIGMA, ConditioningInputs, build_conditioning,
                                          inp_mask_channel, known_frames_mask, plan_conditioning,
                                          to_pixels)
-from cogvideox_core.demo import init_random, tiny_family, tiny_vae_config
+from cogvideox_core.tiny import init_random, tiny_family, tiny_vae_config
 from cogvideox_core.families import get_family
-from cogvideox_core.vae import CogVideoXVAE
+from cogvideox_core.vae.model import CogVideoXVAE
 
 H, W = 32, 48  # pixels; latents 4 x 6
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cogvideox_core.context import (
+from cogvideox_core.sampling.windows import (
     SCHEDULES, WEIGHTS, ContextOptions, LatentContext, check_window_length, get_schedule,
     get_weights, max_window_latents, pixel_to_latent_frames, plan_windows, run_windows, schedule_looped,
     schedule_static, schedule_uniform, slice_windows, weights_pyramid, window_weights,
@@ -236,7 +236,7 @@ def test_family_window_rules(family, frames, ok):
 
 
 def test_fun_2b_window_limit_is_its_table_and_batching_carries_over():
-    from cogvideox_core.demo import tiny_family
+    from cogvideox_core.tiny import tiny_family
 
     tiny = tiny_family("fun-2b-inp")  # a 9-frame (3-latent) table
     assert max_window_latents(tiny) == 3 and max_window_latents(get_family("fun-2b-inp")) == 13

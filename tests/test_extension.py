@@ -8,13 +8,13 @@ import dataclasses
 import pytest
 import torch
 
-from cogvideox_core.colour import (ColourStats, colour_difference, colour_stats, match_colour,
+from cogvideox_core.long_video.colour import (ColourStats, colour_difference, colour_stats, match_colour,
                                    oklab_to_rgb, rgb_to_oklab)
-from cogvideox_core.conditioning import ConditioningInputs
-from cogvideox_core.demo import random_models, tiny_family
-from cogvideox_core.extension import (ChainOptions, ChainRuntime, chain, crossfade, extend,
+from cogvideox_core.generation.conditioning import ConditioningInputs
+from cogvideox_core.tiny import random_models, tiny_family
+from cogvideox_core.long_video.chain import (ChainOptions, ChainRuntime, chain, crossfade, extend,
                                       extend_chain, generate_long, tail_inputs)
-from cogvideox_core.pipeline import GenerateRequest, generate
+from cogvideox_core.generation.pipeline import GenerateRequest, generate
 from cogvideox_core.runtime import TorchRuntime
 
 H, W = 32, 48

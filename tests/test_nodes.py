@@ -25,8 +25,8 @@ from tiny_models import FRAMES, HEIGHT, LORA_RANK, WIDTH, lora_state, write_mode
 
 PACK = load_pack()
 from cogvideox_pack.cogvideox_core.errors import Interrupted, WeightsError  # noqa: E402
-from cogvideox_pack.cogvideox_core.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
-from cogvideox_pack.cogvideox_core.text import encode_prompts  # noqa: E402
+from cogvideox_pack.cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
+from cogvideox_pack.cogvideox_core.loading.text import encode_prompts  # noqa: E402
 from cogvideox_pack.cogvideox_core.video_io import write_mp4  # noqa: E402
 from cogvideox_pack.nodes import host  # noqa: E402
 from cogvideox_pack.nodes.text import cogvideox_tokens  # noqa: E402
@@ -578,7 +578,7 @@ def test_vae_nodes_refuse_bad_tiles_before_loading(loaded: dict, monkeypatch: py
 def test_vae_nodes_ask_the_host_for_room_before_the_pass(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """ComfyUI unloads other models for the memory a node asks for at load: the VAE nodes ask
     for their tiled pass's store and a 256-pixel tile's buffers (as ComfyUI's own VAE does)."""
-    from cogvideox_pack.cogvideox_core.tiling import pass_memory
+    from cogvideox_pack.cogvideox_core.vae.tiling import pass_memory
 
     asked = []
     real = host.load

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from cogvideox_core.conditioning import ConditioningInputs
-from cogvideox_core.context import ContextOptions
-from cogvideox_core.demo import random_models
+from cogvideox_core.generation.conditioning import ConditioningInputs
+from cogvideox_core.sampling.windows import ContextOptions
+from cogvideox_core.tiny import random_models
 from cogvideox_core.errors import Interrupted
-from cogvideox_core.pipeline import GenerateRequest, generate, generate_latents
+from cogvideox_core.generation.pipeline import GenerateRequest, generate, generate_latents
 from cogvideox_core.runtime import TorchRuntime
 
 H, W = 32, 48
@@ -165,8 +165,9 @@ def test_vae_passes_are_tiled_and_exact_in_little_memory(inp, monkeypatch: pytes
     VAE passes, tiles sized from the runtime's free memory: little free memory means many
     regions per layer and the same frames (within test_tiling's 5e-5) as a roomy host; the
     progress bar stays the sampler's."""
-    from cogvideox_core import pipeline, tiling, tiling_exact
-    from cogvideox_core.tiling import pass_memory
+    from cogvideox_core.generation import pipeline
+    from cogvideox_core.vae import tiling, tiling_exact
+    from cogvideox_core.vae.tiling import pass_memory
 
     request = _req(inputs=ConditioningInputs(**INP_MODES["start+end"]), frames=13, steps=3)
     roomy = generate(inp, request)
@@ -213,7 +214,7 @@ def test_context_windows_cover_the_video_and_slice_the_image_conditioning() -> N
 def test_one_window_covering_everything_equals_no_windows(t2v, caplog) -> None:
     plain = generate_latents(t2v, _req(frames=13))
     for length in (13, 49):  # exactly the video, and longer than it
-        with caplog.at_level(logging.DEBUG, logger="cogvideox_core.context"):
+        with caplog.at_level(logging.DEBUG, logger="cogvideox_core.sampling.windows"):
             windowed = generate_latents(t2v, _req(frames=13, context=ContextOptions(length, 4)))
         assert "1 windows in 1 denoiser calls" in caplog.text  # the windowed path ran
         caplog.clear()

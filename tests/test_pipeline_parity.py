@@ -3,7 +3,7 @@ same scheduler, fp32 on the CPU.
 
 For every pipeline diffusers has (text-to-video 2B sincos and 5B RoPE and 1.5 with its odd-latent
 padding, image-to-video 5B-I2V and 1.5-I2V, video-to-video, Fun Control), with DDIM and DPM, our
-:func:`~cogvideox_core.pipeline.generate_latents` is compared with the pipeline's
+:func:`~cogvideox_core.generation.pipeline.generate_latents` is compared with the pipeline's
 ``output_type="latent"`` result (its padding dropped, divided by the VAE scale) and our decoded
 frames with the pipeline's own ``decode_latents`` + ``postprocess_video``. Tolerance 1e-4 (the
 observed differences are 0 or a few float32 ulps). Run ``python tests/test_pipeline_parity.py``
@@ -22,8 +22,8 @@ from diffusers import (CogVideoXFunControlPipeline, CogVideoXImageToVideoPipelin
                        CogVideoXPipeline, CogVideoXVideoToVideoPipeline)
 from pipeline_models import build, ref_pipeline  # noqa: E402
 
-from cogvideox_core.conditioning import ConditioningInputs  # noqa: E402
-from cogvideox_core.pipeline import GenerateRequest, generate_latents, latents_to_frames  # noqa: E402
+from cogvideox_core.generation.conditioning import ConditioningInputs  # noqa: E402
+from cogvideox_core.generation.pipeline import GenerateRequest, generate_latents, latents_to_frames  # noqa: E402
 
 logger = logging.getLogger("tests.pipeline_parity")
 

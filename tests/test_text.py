@@ -20,7 +20,7 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline
 from transformers import T5Config, T5EncoderModel
 
 from cogvideox_core.errors import WeightsError
-from cogvideox_core.text import (MAX_LENGTH, SHIPPED_TOKENIZER, T5_FP8_KEYS, load_t5_encoder, load_text_encoder,
+from cogvideox_core.loading.text import (MAX_LENGTH, SHIPPED_TOKENIZER, T5_FP8_KEYS, load_t5_encoder, load_text_encoder,
                                  load_tokenizer, t5_config_from_shapes, tokenize, tokenizer_folder)
 from weights_util import save, write_header_only
 
@@ -106,7 +106,7 @@ def test_encoding_equals_the_pipeline(tmp_path: Path, t5_folder: Path, reference
 def test_long_prompt_warns_with_the_count(tokenizer, caplog: pytest.LogCaptureFixture) -> None:
     n = len(tokenizer(LONG).input_ids)
     assert n > MAX_LENGTH
-    with caplog.at_level(logging.WARNING, logger="cogvideox_core.text"):
+    with caplog.at_level(logging.WARNING, logger="cogvideox_core.loading.text"):
         ids = tokenize(tokenizer, ["short", LONG])
     assert f"{n - MAX_LENGTH} tokens dropped" in caplog.text and "prompt 1" in caplog.text
     assert ids[1, -1].item() == tokenizer.eos_token_id
@@ -118,7 +118,7 @@ def test_no_warning_at_exactly_226_tokens(tokenizer, caplog: pytest.LogCaptureFi
     ids = tokenizer(words).input_ids[:MAX_LENGTH - 1]
     prompt = tokenizer.decode(ids)
     assert len(tokenizer(prompt).input_ids) == MAX_LENGTH
-    with caplog.at_level(logging.WARNING, logger="cogvideox_core.text"):
+    with caplog.at_level(logging.WARNING, logger="cogvideox_core.loading.text"):
         tokenize(tokenizer, prompt)
     assert "dropped" not in caplog.text
 
@@ -137,7 +137,7 @@ def test_config_from_real_xxl_shapes() -> None:
 
 
 def test_real_size_single_file_is_seen_as_t5(tmp_path: Path) -> None:
-    from cogvideox_core.weights import inspect_path
+    from cogvideox_core.loading.weights import inspect_path
 
     with torch.device("meta"):
         model = T5EncoderModel(T5Config(d_model=4096, d_ff=10240, num_layers=24, num_heads=64, d_kv=64,

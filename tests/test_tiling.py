@@ -1,4 +1,4 @@
-"""Tiled VAE decode/encode (cogvideox_core.tiling) against the untiled CogVideoXVAE.
+"""Tiled VAE decode/encode (cogvideox_core.vae.tiling) against the untiled CogVideoXVAE.
 
 Tolerances, stated once:
 - exact mode vs untiled, fp32: max abs diff <= 5e-5 on outputs of magnitude ~1-5 (only float
@@ -19,16 +19,16 @@ import pytest
 import torch
 from vae_configs import TINY_VAE_CONFIGS
 
-from cogvideox_core import host_memory, tiling, tiling_exact
+from cogvideox_core.vae import host_memory, tiling, tiling_exact
 from cogvideox_core.errors import Interrupted
 from cogvideox_core.families import VAEConfig
 from cogvideox_core.ops import cast_ops
-from cogvideox_core.tiling import (_store_bytes, _store_device, auto_tile_size, check_settings, iter_tiled_decode,
+from cogvideox_core.vae.tiling import (_store_bytes, _store_device, auto_tile_size, check_settings, iter_tiled_decode,
                                    pass_memory, tail_elements, tiled_decode, tiled_encode)
-from cogvideox_core.tiling_plan import (blend_ramp, downsample_source, downsampled_size, grid_regions,
+from cogvideox_core.vae.tiling_plan import (blend_ramp, downsample_source, downsampled_size, grid_regions,
                                         grid_shape, overlapping_spans, regions_for_budget, split_region,
                                         upsample_source, with_halo)
-from cogvideox_core.vae import CogVideoXVAE, decode_chunks, decoded_num_frames, encode_chunks
+from cogvideox_core.vae.model import CogVideoXVAE, decode_chunks, decoded_num_frames, encode_chunks
 
 logger = logging.getLogger("tests.tiling")
 

@@ -1,4 +1,4 @@
-"""Parity of :class:`cogvideox_core.transformer.CogVideoXTransformer` with diffusers.
+"""Parity of :class:`cogvideox_core.models.transformer.CogVideoXTransformer` with diffusers.
 
 For every family a tiny diffusers ``CogVideoXTransformer3DModel`` is built from the family's
 config (2 layers, 2 heads x 16, small embeddings, sample grid 8x12 latents, or 12x12 for 1.5),
@@ -29,8 +29,8 @@ from torch import nn
 
 from cogvideox_core.families import FAMILIES, TransformerConfig
 from cogvideox_core.ops import default_ops, sdpa_attention
-from cogvideox_core.positions import sincos_resized
-from cogvideox_core.transformer import CogVideoXTransformer, temporal_padding
+from cogvideox_core.models.positions import sincos_resized
+from cogvideox_core.models.transformer import CogVideoXTransformer, temporal_padding
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from vae_configs import TINY_VAE_CONFIGS
 
 from cogvideox_core.families import VAEConfig
 from cogvideox_core.ops import cast_ops
-from cogvideox_core.vae import (CogVideoXVAE, DecoderCache, EncoderCache, decode_chunks, decoded_num_frames,
+from cogvideox_core.vae.model import (CogVideoXVAE, DecoderCache, EncoderCache, decode_chunks, decoded_num_frames,
                                 encode_chunks)
-from cogvideox_core import vae_blocks
-from cogvideox_core.vae_blocks import CausalConv3d
+from cogvideox_core.vae import blocks as vae_blocks
+from cogvideox_core.vae.blocks import CausalConv3d
 
 import diffusers  # the oracle: installed by .ci/setup, never skipped
 

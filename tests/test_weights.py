@@ -26,11 +26,11 @@ import torch
 from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import CogVideoXImageToVideoPipeline
 
-from cogvideox_core import weights
+from cogvideox_core.loading import weights
 from cogvideox_core.errors import WeightsError
 from cogvideox_core.families import FAMILIES, FAMILY_NAMES
 from cogvideox_core.ops import cast_ops
-from cogvideox_core.weights import (FP8_TRANSFORMER_KEYS, inspect_path, load_transformer, load_vae,
+from cogvideox_core.loading.weights import (FP8_TRANSFORMER_KEYS, inspect_path, load_transformer, load_vae,
                                     model_bytes, read_state_dict)
 from weights_util import (LAYOUTS, ROPE_1_0, TEXT_DIM, VAE_TINY, layout_shapes, layout_state, random_transformer,
                           random_vae, real_shapes, sat_vae_state, save, state, tiny_config, write_header_only)
@@ -335,7 +335,7 @@ def test_staged_conversion_in_small_pieces(tmp_path: Path, monkeypatch: pytest.M
 
 def test_fp16_warns_for_bf16_trained_families(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     random_transformer("1.5-5b").save_pretrained(tmp_path / "t")
-    with caplog.at_level(logging.WARNING, logger="cogvideox_core.weights"):
+    with caplog.at_level(logging.WARNING, logger="cogvideox_core.loading.weights"):
         load_transformer(tmp_path / "t", dtype=torch.float16)
     assert "bf16-trained" in caplog.text
 
@@ -494,8 +494,8 @@ def test_single_file_with_transformer_and_vae(tmp_path: Path) -> None:
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys
     import torch
-    import cogvideox_core.transformer
-    from cogvideox_core.weights import load_transformer, model_bytes
+    import cogvideox_core.models.transformer
+    from cogvideox_core.loading.weights import load_transformer, model_bytes
 
     def hwm():
         with open("/proc/self/status") as f:

@@ -27,8 +27,8 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from pipeline_models import ref_transformer, ref_vae, scheduler_kwargs, tiny_t5  # noqa: E402
 
-from cogvideox_core.demo import tiny_family  # noqa: E402
-from cogvideox_core.text import SHIPPED_TOKENIZER  # noqa: E402
+from cogvideox_core.tiny import tiny_family  # noqa: E402
+from cogvideox_core.loading.text import SHIPPED_TOKENIZER  # noqa: E402
 
 ROOTS = {  # folder key / released name -> family
     "CogVideo/CogVideoX-2b": "2b",

@@ -1,5 +1,5 @@
 """Test helpers for the weight loaders: tiny random diffusers models, the other key layouts
-written out independently of ``cogvideox_core.keymaps``, and header-only safetensors files.
+written out independently of ``cogvideox_core.loading.keymaps``, and header-only safetensors files.
 
 The layout writers are the inverse of the layouts' own definitions: ComfyUI's module names
 (``comfy/ldm/cogvideo/model.py``) and diffusers' ``scripts/convert_cogvideox_to_diffusers.py``

@@ -1,6 +1,6 @@
 """Exact tiled execution of the causal VAE, one layer at a time over a frame chunk.
 
-A chunk of the reference chunking (:func:`~cogvideox_core.vae.decode_chunks`) runs through the
+A chunk of the reference chunking (:func:`~cogvideox_core.vae.model.decode_chunks`) runs through the
 network layer by layer. Each layer's full-frame output is an :class:`Act` on the *store* device
 (the compute device when it fits, else the offload device); the layer itself runs region by
 region on the compute device, each region reading its input with a 1-pixel halo, so no region
@@ -12,7 +12,7 @@ squared deviations, merged across regions in float64 by Chan's formula) and the 
 normalises each region with them, fused with the spatial-norm scale/shift, the SiLU and the conv.
 
 Causal convs keep their tails (the last 2 input frames) as full-frame tensors on the store,
-keyed like :class:`~cogvideox_core.vae.DecoderCache`; a region reads its part with the halo.
+keyed like :class:`~cogvideox_core.vae.model.DecoderCache`; a region reads its part with the halo.
 Peak store use is about two or three full-frame activations of the widest layer plus the tails;
 compute-device use is bounded by the element budget of a region's tensors.
 """
@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from .tiling_plan import (HALO, Region, downsample_source, downsampled_size, regions_for_budget, split_region,
                           upsample_source, with_halo)
-from .vae_blocks import (CausalConv3d, Decoder3D, Downsample3D, Encoder3D, ResnetBlock3D, SpatialNorm3D,
+from .blocks import (CausalConv3d, Decoder3D, Downsample3D, Encoder3D, ResnetBlock3D, SpatialNorm3D,
                          Upsample3D, conv3d_in_time_parts, double_time_and_space, halve_time, resize_zq)
 
 logger = logging.getLogger(__name__)

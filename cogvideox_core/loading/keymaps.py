@@ -1,7 +1,7 @@
 """Key layouts of CogVideoX weight files, mapped onto diffusers' state-dict keys.
 
 Pure functions of key names (and, for fused tensors, of how to cut them): no file is read here.
-Every layout is turned into a *plan* ``{diffusers_key: Source}``; :mod:`cogvideox_core.weights`
+Every layout is turned into a *plan* ``{diffusers_key: Source}``; :mod:`cogvideox_core.loading.weights`
 reads the sources. Layouts found in circulation:
 
 Transformer

@@ -42,8 +42,8 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from .context import max_window_latents
-from .families import Family
+from ..sampling.windows import max_window_latents
+from ..families import Family
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ INP_NOISE_SIGMA = 0.0563  # CogVideoX-Fun inference noise on known pixels (add_n
 
 
 class Encoder(Protocol):
-    """What the builders need from a VAE (:class:`~cogvideox_core.vae.CogVideoXVAE`)."""
+    """What the builders need from a VAE (:class:`~cogvideox_core.vae.model.CogVideoXVAE`)."""
 
     def encode(self, video: torch.Tensor): ...  # [B, 3, F, H, W] -1..1 -> posterior
 
@@ -138,7 +138,7 @@ def plan_conditioning(family: Family, inputs: ConditioningInputs, frames: int | 
 
     ``windowed``: the video is denoised in context windows, so the family's limit on the
     frames one model call takes (Fun-2B: 13 latents) bounds each window (checked by
-    :meth:`~cogvideox_core.context.ContextOptions.to_latent`), not the video.
+    :meth:`~cogvideox_core.sampling.windows.ContextOptions.to_latent`), not the video.
     """
     mode = _mode(family, inputs)
     _check_images(inputs)
@@ -171,7 +171,7 @@ def _mode(family: Family, inputs: ConditioningInputs) -> Mode:
 
 
 def _families_of(kind: str) -> str:
-    from .families import FAMILIES
+    from ..families import FAMILIES
     return ", ".join(f.name for f in FAMILIES.values() if f.conditioning == kind)
 
 

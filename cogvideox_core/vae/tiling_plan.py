@@ -1,6 +1,6 @@
 """Tile geometry for the tiled VAE: pure functions over sizes, no tensors of activations.
 
-Two kinds of tiling use it (see :mod:`cogvideox_core.tiling`):
+Two kinds of tiling use it (see :mod:`cogvideox_core.vae.tiling`):
 
 - **exact** tiling splits every layer's output into a grid of non-overlapping regions; a region
   reads its input with a *halo* (the conv's receptive-field margin, 1 pixel for a 3x3 kernel),

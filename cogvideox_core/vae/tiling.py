@@ -1,18 +1,18 @@
 """Tiled causal VAE decode and encode: memory bounded by a tile, exact, streaming.
 
 :func:`tiled_decode` / :func:`tiled_encode` run the reference frame chunking
-(:func:`~cogvideox_core.vae.decode_chunks`: 2 latents per chunk, the first taking the odd one)
+(:func:`~cogvideox_core.vae.model.decode_chunks`: 2 latents per chunk, the first taking the odd one)
 with the causal cache carried from chunk to chunk, and split every chunk spatially. A chunk's
 frames go to the runtime's intermediate device as soon as its last layer writes them, so
 compute-device memory does not grow with the number of frames (:func:`iter_tiled_decode` hands
 them over chunk by chunk). The output always has the size :meth:`CogVideoXVAE.decode
-<cogvideox_core.vae.CogVideoXVAE.decode>` gives: ``decoded_num_frames(F_lat)`` frames of 8x the
+<cogvideox_core.vae.model.CogVideoXVAE.decode>` gives: ``decoded_num_frames(F_lat)`` frames of 8x the
 latent size, whatever the tile and overlap (diffusers' tiler turns 128x192 into 128x199 with
 96x128 tiles, into 140x202 with 64x96 tiles).
 
 Two modes:
 
-- ``exact=True`` (default): each chunk runs layer by layer (:mod:`~cogvideox_core.tiling_exact`),
+- ``exact=True`` (default): each chunk runs layer by layer (:mod:`~cogvideox_core.vae.tiling_exact`),
   each layer region by region with a 1-pixel halo per conv instead of overlap and blending, and
   GroupNorm statistics of the whole chunk (accumulated while the previous layer writes). The
   result equals the untiled decode up to float summation order: max abs difference 2.4e-5 in
@@ -43,14 +43,14 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .families import VAEConfig
+from ..families import VAEConfig
 from .host_memory import trim_host_heap
-from .runtime import ProgressFn, Runtime, TorchRuntime
+from ..runtime import ProgressFn, Runtime, TorchRuntime
 from .tiling_exact import Context, OutOfMemoryError, decode_chunk, encode_chunk
 from .tiling_plan import (REF_FRAMES, blend_ramp, budget_elements, check_pair, overlapping_spans,
                           tile_for_budget)
-from .vae import CogVideoXVAE, DiagonalGaussian, _check_latents, _check_video, decode_chunks, encode_chunks
-from .vae_blocks import downsampled_frames, temporal_levels, upsampled_frames
+from .model import CogVideoXVAE, DiagonalGaussian, _check_latents, _check_video, decode_chunks, encode_chunks
+from .blocks import downsampled_frames, temporal_levels, upsampled_frames
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def tiled_encode(vae: CogVideoXVAE, video: Tensor, *, tile: int | Sequence[int] 
     """Video [B, 3, 4k+1, H, W] in -1..1 -> posterior over [B, C_lat, k+1, H/8, W/8] (moments on
     the intermediate device, in the VAE's dtype), encoded in the reference chunks (8 frames, the
     first taking the extra ones). Settings as :func:`tiled_decode`; ``tile`` is in input pixels.
-    Exact mode equals :meth:`~cogvideox_core.vae.CogVideoXVAE.encode` up to float summation order.
+    Exact mode equals :meth:`~cogvideox_core.vae.model.CogVideoXVAE.encode` up to float summation order.
     """
     _check_video(video, vae.config)
     rt = runtime or _default_runtime(vae)
@@ -237,7 +237,7 @@ def no_progress(step: int, total: int, preview: Tensor | None) -> None:
 
 def _after_chunk(ctx: Context) -> None:
     """Between chunks, hand the region buffers' freed host pages back to the OS when the store
-    lives in host memory (:mod:`~cogvideox_core.host_memory`): peak RSS then does not creep up
+    lives in host memory (:mod:`~cogvideox_core.vae.host_memory`): peak RSS then does not creep up
     with the number of chunks."""
     if ctx.store.type == "cpu":
         trim_host_heap()

@@ -25,7 +25,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .errors import WeightsError
+from ..errors import WeightsError
 
 logger = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from typing import Mapping, TypeVar
 import torch
 from torch import Tensor, nn
 
-from .families import VAEConfig
-from .ops import Ops, default_ops
-from .vae_blocks import Decoder3D, Encoder3D, Layers, upsampled_frames
+from ..families import VAEConfig
+from ..ops import Ops, default_ops
+from .blocks import Decoder3D, Encoder3D, Layers, upsampled_frames
 
 logger = logging.getLogger(__name__)
 

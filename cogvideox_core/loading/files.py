@@ -27,7 +27,7 @@ from typing import BinaryIO, Iterable, Mapping, Sequence
 
 import torch
 
-from .errors import WeightsError
+from ..errors import WeightsError
 from .keymaps import Found, find_t5, find_transformer, find_vae
 
 logger = logging.getLogger(__name__)

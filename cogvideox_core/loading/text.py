@@ -31,15 +31,15 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from .errors import WeightsError
-from .ops import cast_ops, default_ops
-from .weight_files import TOKENIZER_FILES, index_shapes, is_model_root
+from ..errors import WeightsError
+from ..ops import cast_ops, default_ops
+from .files import TOKENIZER_FILES, index_shapes, is_model_root
 from .weights import component_plan, find_component, load_module, plan_shapes, storage_dtypes
 
 logger = logging.getLogger(__name__)
 
 MAX_LENGTH = 226  # max_text_seq_length of every CogVideoX transformer
-SHIPPED_TOKENIZER = Path(__file__).resolve().parent / "data" / "t5_tokenizer"
+SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "t5_tokenizer"
 T5_FP8_KEYS = re.compile(
     r"^encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|DenseReluDense\.wi(_[01])?)\.weight$")
 

@@ -53,8 +53,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .families import TransformerConfig
-from .ops import AttentionFn, Ops, default_ops, sdpa_attention
+from ..families import TransformerConfig
+from ..ops import AttentionFn, Ops, default_ops, sdpa_attention
 from .positions import (Grid, apply_rope, rope_3d, rope_positions_linspace, rope_positions_slice,
                         sincos_3d, sincos_resized, timestep_embedding)
 

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .families import Family
+from ..families import Family
 
 logger = logging.getLogger(__name__)
 

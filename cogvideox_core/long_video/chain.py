@@ -5,14 +5,14 @@ drift of such chains corrected.
 A chunk of ``frames`` frames is generated with its first ``overlap`` frames known: the last
 ``overlap`` frames of the video (Fun InP: frames 0..O-1 known; image-to-video families: the
 last frame as the start image, so ``overlap`` is 1). Its colours are matched to the first
-chunk's (:mod:`cogvideox_core.colour`: per-channel mean and spread in Oklab, ``colour_match``
+chunk's (:mod:`cogvideox_core.long_video.colour`: per-channel mean and spread in Oklab, ``colour_match``
 strength 0..1), then it is joined to the video with a pixel crossfade over the overlap (chunk
 weight i/O at overlap frame i), so the video grows by ``frames - overlap`` frames. The last chunk
 may end on an end image (Fun InP), and each chunk may have its own prompt; chunk k of a call
 uses seed ``seed + k``.
 
 The pieces, each usable alone: :func:`tail_inputs` (the next chunk's conditioning),
-:func:`crossfade`, :func:`~cogvideox_core.colour.match_colour`, :func:`join` (match + crossfade),
+:func:`crossfade`, :func:`~cogvideox_core.long_video.colour.match_colour`, :func:`join` (match + crossfade),
 :func:`chain` (the loop over any chunk function: the benchmark's synthetic generator plugs in
 there), :func:`extend` (one chunk), :func:`extend_chain` (several chunks onto a video) and
 :func:`generate_long` (the whole long video in one call, progress counted over all chunks).
@@ -27,10 +27,10 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .colour import ColourStats, colour_stats, match_colour
-from .conditioning import ConditioningInputs
-from .families import Family
-from .pipeline import GenerateRequest, Models, generate, validate
-from .runtime import Runtime, TorchRuntime
+from ..generation.conditioning import ConditioningInputs
+from ..families import Family
+from ..generation.pipeline import GenerateRequest, Models, generate, validate
+from ..runtime import Runtime, TorchRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def join(video: torch.Tensor, chunk: torch.Tensor, overlap: int, reference: Colo
     """``chunk`` colour-matched to ``reference`` (if given, at strength ``colour_match``), then
     crossfaded onto ``video`` over ``overlap`` frames.
 
-    The match is ramped (:func:`~cogvideox_core.colour.match_colour` ``ramp=True``): none at the
+    The match is ramped (:func:`~cogvideox_core.long_video.colour.match_colour` ``ramp=True``): none at the
     chunk's first frame, full at its last. A chunk starts where the video left off (its first
     frames redo the tail) and drifts from there; a correction applied evenly would shift its
     start away from the tail, a visible step at every join. Ramped, the correction follows the

@@ -18,7 +18,7 @@ hands out (:func:`generate_latents`) are unscaled VAE space [1, C, F_lat, H_lat,
 layout of the pack's LATENT outputs, with the padding already dropped.
 
 Context windows (``GenerateRequest.context``): the denoiser runs per window of latent frames
-(:mod:`cogvideox_core.context`) and blends; the transformer only ever sees one window (or
+(:mod:`cogvideox_core.sampling.windows`) and blends; the transformer only ever sees one window (or
 ``batch_windows`` of them), so its memory and its frame limits (Fun-2B: 13 latents) are those of
 a window, whatever the video's length. Per-frame conditioning (the I2V image latent, the Fun InP
 mask and masked video, control latents) is built once for the whole video and sliced with the
@@ -45,14 +45,14 @@ import torch
 
 from .conditioning import (Conditioning, ConditioningInputs, ConditioningPlan, build_conditioning,
                            plan_conditioning)
-from .context import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
-from .families import Family
-from .runtime import Runtime, TorchRuntime, call_progress
-from .sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
+from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
+from ..families import Family
+from ..runtime import Runtime, TorchRuntime, call_progress
+from ..sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
-from .sampling.schedules import Schedule
-from .tiling import TiledEncoder, decode_memory, no_progress, tiled_decode
-from .vae import CogVideoXVAE
+from ..sampling.schedules import Schedule
+from ..vae.tiling import TiledEncoder, decode_memory, no_progress, tiled_decode
+from ..vae.model import CogVideoXVAE
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ CallFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor | None], torch.
 class Models:
     """The loaded models of one family. ``scheduler`` defaults to the shipped config of the
     family (snr shift 3.0 for 2B, 1.0 otherwise); ``text_encoder`` is a
-    :class:`~cogvideox_core.text.TextEncoder` (None when prompt embeddings are given)."""
+    :class:`~cogvideox_core.loading.text.TextEncoder` (None when prompt embeddings are given)."""
 
     transformer: torch.nn.Module
     family: Family

@@ -1,9 +1,9 @@
 """Loading CogVideoX weights into the core's models, offline, shape-checked, each tensor once.
 
-How a load goes (:func:`load_transformer`, :func:`load_vae`, and :mod:`cogvideox_core.text`):
+How a load goes (:func:`load_transformer`, :func:`load_vae`, and :mod:`cogvideox_core.loading.text`):
 
-1. :func:`~cogvideox_core.weight_files.locate` finds the component and its files from headers;
-   :mod:`~cogvideox_core.keymaps` maps its key layout onto diffusers keys (a *plan*).
+1. :func:`~cogvideox_core.loading.files.locate` finds the component and its files from headers;
+   :mod:`~cogvideox_core.loading.keymaps` maps its key layout onto diffusers keys (a *plan*).
 2. The family and config come from the planned keys and shapes (and ``config.json`` when a
    folder has one), never from a file name.
 3. The model is built on the meta device (no memory), the plan is checked against its state
@@ -45,18 +45,18 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Collection, Iterable, Mapp
 import torch
 from torch import nn
 
-from .errors import WeightsError
-from .families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
+from ..errors import WeightsError
+from ..families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
                        detect_transformer_config, get_family)
 from .keymaps import Found, Plan, Source, find_transformer, split_scales, t5_plan, transformer_plan, vae_plan
-from .ops import AttentionFn, Ops, cast_ops, default_ops, sdpa_attention
-from .weight_files import (COMPONENTS, DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
+from ..ops import AttentionFn, Ops, cast_ops, default_ops, sdpa_attention
+from .files import (COMPONENTS, DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
                            index_files, index_shapes, is_model_root, locate, read_header, read_into,
                            weight_files)
 
 if TYPE_CHECKING:
-    from .transformer import CogVideoXTransformer
-    from .vae import CogVideoXVAE
+    from ..models.transformer import CogVideoXTransformer
+    from ..vae.model import CogVideoXVAE
 
 logger = logging.getLogger(__name__)
 
@@ -378,7 +378,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     2B/5B split) and is checked against the shapes. ``weight_dtype`` fp8: see the module doc.
     ``ops`` defaults to :data:`default_ops`, or :class:`cast_ops` when storage and compute differ.
     """
-    from .transformer import CogVideoXTransformer  # deferred: `info` needs no model code
+    from ..models.transformer import CogVideoXTransformer  # deferred: `info` needs no model code
 
     comp = find_component(path, "transformer")
     plan = component_plan(comp)
@@ -398,7 +398,7 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torc
              config: VAEConfig | None = None, ops: Ops | None = None) -> CogVideoXVAE:
     """The CogVideoX VAE at ``path`` (model root, ``vae/`` folder or single file); the config
     comes from ``config``, the folder's ``config.json`` or the shapes."""
-    from .vae import CogVideoXVAE
+    from ..vae.model import CogVideoXVAE
 
     check_dtypes(dtype, None)
     comp = find_component(path, "vae")

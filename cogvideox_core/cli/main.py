@@ -7,7 +7,7 @@ line on stderr and exit code 1, never a traceback.
 
 ``info PATH [--json]``: the family and components at PATH (model root, component folder or one
 ``.safetensors`` file), read from headers and config files only: instant on a 10 GB file.
-``generate`` and ``demo`` live in :mod:`cogvideox_core.cli_generate` (``add_commands``).
+``generate`` and ``demo`` live in :mod:`cogvideox_core.cli.generate` (``add_commands``).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import logging
 import sys
 from typing import Sequence
 
-from .cli_generate import add_commands as _add_generate_commands
-from .errors import CogVideoXError
-from .weights import ModelInfo, inspect_path
+from .generate import add_commands as _add_generate_commands
+from ..errors import CogVideoXError
+from ..loading.weights import ModelInfo, inspect_path
 
 logger = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .families import VAEConfig
-from .ops import Ops
+from ..families import VAEConfig
+from ..ops import Ops
 
 Tails = dict[str, Tensor]  # conv module path -> its last k-1 input frames [B, C_in, k-1, H, W]
 

@@ -1,4 +1,4 @@
-"""``generate`` and ``demo``: the commands of :mod:`cogvideox_core.cli` that make videos.
+"""``generate`` and ``demo``: the commands of :mod:`cogvideox_core.cli.main` that make videos.
 
 ``generate --model PATH --prompt TEXT --out FILE [...]``: one video from a model on disk (a
 diffusers tree, a transformer folder or one ``.safetensors`` file; ``--vae`` and
@@ -42,7 +42,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 # ---- generate -------------------------------------------------------------------------------
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    from .sampling import SAMPLER_NAMES
+    from ..sampling import SAMPLER_NAMES
 
     p = sub.add_parser("generate", help="make a video from a model on disk",
                        description="Text/image/video-to-video with a CogVideoX model on disk.")
@@ -77,7 +77,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_long_video(p: argparse.ArgumentParser) -> None:
-    from .context import SCHEDULES, WEIGHTS
+    from ..sampling.windows import SCHEDULES, WEIGHTS
 
     g = p.add_argument_group("long video", "context windows inside one run, or a chain of runs")
     g.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
@@ -99,7 +99,8 @@ def run_generate(args: argparse.Namespace) -> int:
     """Validate against the family from the headers, load, generate, write."""
     import torch
 
-    from .runtime import TorchRuntime
+    from ..runtime import TorchRuntime
+    from ..video_io import write_frames
 
     out = _check_out(args.out)
     start = time.monotonic()
@@ -126,8 +127,8 @@ def _family_from_headers(model: str, family: str | None):
     """The family and transformer config from headers only (no weights read)."""
     import dataclasses
 
-    from .families import get_family
-    from .weights import detect_family, find_component
+    from ..families import get_family
+    from ..loading.weights import detect_family, find_component
 
     name, cfg = detect_family(find_component(model, "transformer"), family)
     return dataclasses.replace(get_family(name), transformer=cfg)
@@ -138,8 +139,8 @@ def _request(args: argparse.Namespace, family):
     ``family`` before any weights are loaded (cheap)."""
     import dataclasses
 
-    from .conditioning import plan_conditioning
-    from .pipeline import GenerateRequest
+    from ..generation.conditioning import plan_conditioning
+    from ..generation.pipeline import GenerateRequest
 
     prompts = _prompts(args)
     inputs = _inputs(args)
@@ -157,7 +158,7 @@ def _request(args: argparse.Namespace, family):
     if context is not None:
         context.to_latent(family)
     if chain is not None:
-        from .extension import check_tail
+        from ..long_video.chain import check_tail
 
         check_tail(family, chain, plan.frames, plan.height, plan.width)
     return request, chain
@@ -176,7 +177,7 @@ def _prompts(args: argparse.Namespace) -> list[str]:
 
 
 def _context(args: argparse.Namespace):
-    from .context import ContextOptions
+    from ..sampling.windows import ContextOptions
 
     if args.context_frames is None:
         return None
@@ -186,7 +187,7 @@ def _context(args: argparse.Namespace):
 
 def _chain(args: argparse.Namespace, prompts: list[str], end_image):
     """Chain options for ``--extend-chunks`` > 1 (or a prompts file), else None."""
-    from .extension import ChainOptions
+    from ..long_video.chain import ChainOptions
 
     if args.extend_chunks == 1 and len(prompts) == 1:
         return None
@@ -200,8 +201,8 @@ def _chain(args: argparse.Namespace, prompts: list[str], end_image):
 def _inputs(args: argparse.Namespace):
     import torch
 
-    from .conditioning import ConditioningInputs
-    from .video_io import read_image, read_video
+    from ..generation.conditioning import ConditioningInputs
+    from ..video_io import read_image, read_video
 
     image = None if not args.image else torch.cat([read_image(f) for f in args.image])
     mask = None if args.mask is None else read_video(args.mask)[0].mean(dim=-1)  # [F, H, W]
@@ -212,9 +213,9 @@ def _inputs(args: argparse.Namespace):
 
 
 def _load(args: argparse.Namespace, family: str, dtype, runtime):
-    from .pipeline import Models
-    from .text import load_text_encoder
-    from .weights import load_transformer, load_vae
+    from ..generation.pipeline import Models
+    from ..loading.text import load_text_encoder
+    from ..loading.weights import load_transformer, load_vae
 
     device = runtime.device
     transformer, fam = load_transformer(args.model, dtype, device, family=family)
@@ -225,7 +226,7 @@ def _load(args: argparse.Namespace, family: str, dtype, runtime):
 
 def scheduler_config(model: str | Path, family):
     """The ``scheduler/scheduler_config.json`` of the model's tree, else the family's shipped values."""
-    from .sampling import SchedulerConfig
+    from ..sampling import SchedulerConfig
 
     path = Path(model).expanduser()
     for root in (path, path.parent):
@@ -235,31 +236,18 @@ def scheduler_config(model: str | Path, family):
 
 
 def _generate(models, request, runtime, chain=None):
-    from .extension import generate_long
-    from .pipeline import generate
+    from ..long_video.chain import generate_long
+    from ..generation.pipeline import generate
 
     if chain is None:
         return generate(models, request, runtime)
     return generate_long(models, request, chain, runtime)
 
 
-def write_frames(frames: Any, out: Path, fps: float) -> Path:
-    """[F, H, W, C] 0..1 to ``out``: H.264 mp4, or safetensors ``{"frames": float32}``."""
-    if out.suffix.lower() == ".mp4":
-        from .video_io import write_mp4
-
-        return write_mp4(frames, out, fps=fps)
-    from safetensors.torch import save_file
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"frames": frames.float().contiguous().cpu()}, str(out))
-    return out
-
-
 # ---- demo -----------------------------------------------------------------------------------
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
-    from .families import FAMILY_NAMES
+    from ..families import FAMILY_NAMES
 
     p = sub.add_parser("demo", help="run the whole chain on a tiny random model (seconds, CPU)",
                        description="Build a tiny random model of a real family in memory and run "
@@ -297,4 +285,4 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_commands", "run_generate", "run_demo", "write_frames", "scheduler_config"]
+__all__ = ["add_commands", "run_generate", "run_demo", "scheduler_config"]

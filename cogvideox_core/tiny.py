@@ -1,4 +1,5 @@
-"""Tiny random models of the real families, for the ``demo`` command and the tests.
+"""Tiny random models of the real families: the one factory the demo, the tests and the
+benchmarks share.
 
 A tiny model keeps a family's architecture (positions, patching, input channels, ofs, learned
 table) and shrinks the widths: 2 layers of 2 heads x 16, a 4-block VAE of widths 8-16 with the
@@ -10,8 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -80,13 +79,13 @@ def init_random(model: nn.Module, seed: int) -> nn.Module:
 
 def random_models(name: str = "5b", seed: int = 0, small_grid: bool = True,
                   dtype: torch.dtype = torch.float32):
-    """:class:`~cogvideox_core.pipeline.Models` of a tiny random ``name`` family, in memory."""
+    """:class:`~cogvideox_core.generation.pipeline.Models` of a tiny random ``name`` family, in memory."""
     from transformers import T5EncoderModel
 
-    from .pipeline import Models
-    from .text import TextEncoder, load_tokenizer
-    from .transformer import CogVideoXTransformer
-    from .vae import CogVideoXVAE
+    from .generation.pipeline import Models
+    from .loading.text import TextEncoder, load_tokenizer
+    from .models.transformer import CogVideoXTransformer
+    from .vae.model import CogVideoXVAE
 
     family = tiny_family(name, small_grid=small_grid)
     transformer = init_random(CogVideoXTransformer(family.transformer, dtype=dtype), seed).eval()
@@ -100,7 +99,7 @@ def random_models(name: str = "5b", seed: int = 0, small_grid: bool = True,
 def demo_inputs(family: Family, frames: int, height: int, width: int):
     """Synthetic conditioning for families that need it: a colour gradient as the start image
     (I2V, InP) or a moving gradient as the control video."""
-    from .conditioning import ConditioningInputs
+    from .generation.conditioning import ConditioningInputs
 
     ys = torch.linspace(0, 1, height)[:, None].expand(height, width)
     xs = torch.linspace(0, 1, width)[None, :].expand(height, width)
@@ -113,34 +112,5 @@ def demo_inputs(family: Family, frames: int, height: int, width: int):
     return ConditioningInputs()
 
 
-def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames: int = 25,
-             height: int = 96, width: int = 160, steps: int = 20, seed: int = 0,
-             show_progress: bool = True, context: object | None = None) -> dict[str, object]:
-    """Build a tiny random ``family`` model in memory and run the whole chain: prompt,
-    sampling, decode, mp4 (or ``.safetensors``); ``context``: a
-    :class:`~cogvideox_core.context.ContextOptions` for long videos. Returns what it did."""
-    from .cli_generate import write_frames
-    from .pipeline import GenerateRequest, generate
-    from .runtime import TorchRuntime
-
-    start = time.monotonic()
-    small = get_family(family).transformer.learned_positions  # 5B-I2V: a 64x96 table, not 480x720
-    models = random_models(family, seed=seed, small_grid=small)
-    fam = models.family
-    if fam.transformer.learned_positions:  # 5B-I2V: the table's size only
-        height, width = fam.transformer.sample_height * 8, fam.transformer.sample_width * 8
-    request = GenerateRequest(prompt="A panda playing a guitar in a bamboo forest, sunlight",
-                              inputs=demo_inputs(fam, frames, height, width), frames=frames,
-                              height=height, width=width, steps=steps, seed=seed,
-                              context=context)  # type: ignore[arg-type]
-    video = generate(models, request, TorchRuntime(device="cpu", show_progress=show_progress))
-    path = write_frames(video, Path(out), fam.fps)
-    params = sum(p.numel() for p in models.transformer.parameters())
-    return {"family": fam.name, "transformer_params": params, "frames": video.shape[0],
-            "height": video.shape[1], "width": video.shape[2], "steps": steps,
-            "sampler": fam.recommended_sampler, "fps": fam.fps, "out": str(path),
-            "seconds": round(time.monotonic() - start, 2)}
-
-
 __all__ = ["tiny_transformer_config", "tiny_family", "tiny_vae_config", "tiny_t5_config",
-           "init_random", "random_models", "demo_inputs", "run_demo", "TEXT_DIM"]
+           "init_random", "random_models", "demo_inputs", "TEXT_DIM"]
