@@ -1,9 +1,10 @@
 """The protocol a host implements for the core, and the plain-torch default.
 
 The core never decides on its own where a model lives or how progress is shown: it asks the
-runtime. ComfyUI's adapter (``nodes/host.py``) maps these calls onto ``ModelPatcher``,
+runtime. ComfyUI's adapter (``nodes/host/``) maps these calls onto ``ModelPatcher``,
 ``load_models_gpu``, ``ProgressBar`` and the interrupt flag; :class:`TorchRuntime` is the
-standalone default used by the CLI and the tests.
+standalone default used by the CLI and the tests. Layer classes and attention are not asked
+here: a model gets them once, when it is built (the loaders' ``ops`` and ``attention``).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import torch
 from torch import nn
 
 from .errors import Interrupted
-from .ops import AttentionFn, Ops, default_ops, sdpa_attention
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ class Runtime(Protocol):
     device: torch.device  # where compute runs
     offload_device: torch.device  # where idle weights wait
     intermediate_device: torch.device  # where finished results are handed back
-    ops: Ops
-    attention: AttentionFn
 
     def load(self, model: nn.Module, extra_memory: int = 0) -> None:
         """Make ``model`` ready on ``device``, freeing other models as the host sees fit."""
@@ -55,8 +53,6 @@ class TorchRuntime:
         self.device = torch.device(device)
         self.offload_device = torch.device("cpu")
         self.intermediate_device = torch.device("cpu")
-        self.ops: Ops = default_ops
-        self.attention: AttentionFn = sdpa_attention
         self.show_progress = show_progress
         self.interrupt_event = threading.Event()
         self._bar = _TextBar()

@@ -1,9 +1,10 @@
 """Every node's function called directly, without ComfyUI: happy paths and the errors a user sees.
 
 The repository root is imported as a package, as ComfyUI imports a custom node folder, so the
-node files' relative imports and the plain-torch host fallback (``nodes/host.py`` without
-``comfy``) are what runs. Models are the tiny random ones of ``tests/tiny_models.py``, written in
-the real on-disk formats to a temporary models folder that ``host.MODELS_DIR`` points at.
+node files' relative imports and the plain-torch host fallback (``nodes/host/`` without
+``comfy``) are what runs, with ComfyUI's LoRA patching and a progress record stood in for by
+``tests/node_host.py``. Models are the tiny random ones of ``tests/tiny_models.py``, written in
+the real on-disk formats to a temporary models folder that ``host.folders.MODELS_DIR`` points at.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Iterator
 
 import pytest
 import torch
@@ -24,8 +26,10 @@ from make_workflows import CORE_NODES, ROOT, WORKFLOWS, load_pack, render  # noq
 from tiny_models import FRAMES, HEIGHT, LORA_RANK, WIDTH, lora_state, write_models  # noqa: E402
 
 PACK = load_pack()
+import node_host  # noqa: E402
 from cogvideox_pack.cogvideox_core.errors import Interrupted, WeightsError  # noqa: E402
 from cogvideox_pack.cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
+from cogvideox_pack.cogvideox_core.runtime import TorchRuntime  # noqa: E402
 from cogvideox_pack.cogvideox_core.loading.text import encode_prompts  # noqa: E402
 from cogvideox_pack.cogvideox_core.video_io import write_mp4  # noqa: E402
 from cogvideox_pack.nodes import host  # noqa: E402
@@ -47,26 +51,34 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_models(tmp_path_factory.mktemp("nodes") / "models")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stand_in_host() -> Iterator[None]:
+    """ComfyUI's LoRA patching and a progress record behind ``host.wrap`` / ``host.runtime``."""
+    with pytest.MonkeyPatch.context() as mp:
+        node_host.install(mp, host)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def folders(models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No ComfyUI: the host finds models in ``models_dir``; output and input go to tmp_path."""
-    monkeypatch.setattr(host, "MODELS_DIR", str(models_dir))
-    monkeypatch.setattr(host, "OUTPUT_DIR", str(tmp_path / "output"))
+    monkeypatch.setattr(host.folders, "MODELS_DIR", str(models_dir))
+    monkeypatch.setattr(host.folders, "OUTPUT_DIR", str(tmp_path / "output"))
     monkeypatch.setenv("COGVIDEOX_INPUT_DIR", str(tmp_path / "input"))
     return tmp_path
 
 
 @pytest.fixture(scope="module")
-def loaded(models_dir: Path) -> dict:
+def loaded(models_dir: Path, stand_in_host: None) -> dict:
     """The 2B tiny model, VAE and T5 loaded once (fp32), and its prompt conditioning."""
-    host.MODELS_DIR = str(models_dir)
+    host.folders.MODELS_DIR = str(models_dir)
     try:
         model, _fps = node("CogVideoXModelLoader")("CogVideoX-2b", "fp32")
         vae, = node("CogVideoXVAELoader")("CogVideoX-2b", "fp32")
         t5, = node("CogVideoXT5Loader")("CogVideoX-2b", "fp32")
         cond, = node("CogVideoXTextEncode")(t5, PROMPT, "blurry")
     finally:
-        host.MODELS_DIR = None
+        host.folders.MODELS_DIR = None
     return {"model": model, "vae": vae, "t5": t5, "cond": cond}
 
 
@@ -168,7 +180,7 @@ def test_single_files_in_subfolders_are_listed_as_files(tmp_path: Path, models_d
     (tmp_path / "CogVideo" / "loras" / "reward.safetensors").write_bytes(b"")
     (tmp_path / "CogVideo" / "top.safetensors").write_bytes(b"")
     shutil.copytree(models_dir / "vae" / "cogvideox_vae_tiny", tmp_path / "vae" / "tiny")
-    monkeypatch.setattr(host, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(host.folders, "MODELS_DIR", str(tmp_path))
     assert host.list_models("vae") == ["cogvideo/a.safetensors", "cogvideo/b.safetensors", "tiny"]
     assert host.list_models("lora") == ["reward.safetensors"]  # models/CogVideo/loras
     assert host.list_models("transformer") == ["top.safetensors"]
@@ -187,7 +199,7 @@ def test_folders_are_registered_with_folder_paths(monkeypatch: pytest.MonkeyPatc
     fp = SimpleNamespace(models_dir=str(tmp_path), folder_names_and_paths=table)
     fp.add_model_folder_path = lambda key, path: (table[key][0].append(path) if key in table
                                                   else table.__setitem__(key, ([path], set())))
-    monkeypatch.setattr(host, "_folder_paths", lambda: fp)
+    monkeypatch.setattr(host.folders, "_folder_paths", lambda: fp)
     host.register_folders()
     host.register_folders()  # idempotent
     for key in ("CogVideo", "CogVideoX_Fun", "Fun_Models", "diffusion_models", "text_encoders", "loras", "vae"):
@@ -234,7 +246,7 @@ def test_model_loader_refuses_weights_of_another_model(models_dir: Path, tmp_pat
     (tmp_path / "diffusion_models").mkdir()
     shutil.copy(models_dir / "vae" / "cogvideox_vae_tiny" / "diffusion_pytorch_model.safetensors",
                 tmp_path / "diffusion_models" / "a_vae.safetensors")
-    monkeypatch.setattr(host, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(host.folders, "MODELS_DIR", str(tmp_path))
     with pytest.raises(WeightsError, match="a_vae.safetensors.*not a CogVideoX transformer"):
         node("CogVideoXModelLoader")("a_vae.safetensors", "fp32")
 
@@ -306,7 +318,7 @@ def test_lora_of_another_model_is_refused(loaded: dict, models_dir: Path, tmp_pa
     save_file({"transformer.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 64),
                "transformer.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(32, 4)},
               str(tmp_path / "loras" / "wide.safetensors"))
-    monkeypatch.setattr(host, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(host.folders, "MODELS_DIR", str(tmp_path))
     with pytest.raises(WeightsError, match="no LoRA weight matches"):
         node("CogVideoXLoraLoader")(loaded["model"], "other.safetensors", 1.0)
     with pytest.raises(WeightsError, match=r"to_q.*does not fit the weight \[32, 32\]"):
@@ -427,7 +439,7 @@ def test_sampler_reports_progress_and_honours_interrupts(loaded: dict, monkeypat
     made = []
 
     def spy(*patchers):
-        made.append(host.LocalRuntime(patchers))
+        made.append(node_host.RecordingRuntime(patchers))
         return made[-1]
 
     monkeypatch.setattr(host, "runtime", spy)
@@ -436,7 +448,7 @@ def test_sampler_reports_progress_and_honours_interrupts(loaded: dict, monkeypat
     made.clear()
 
     def stopping(*patchers):
-        rt = host.LocalRuntime(patchers)
+        rt = node_host.RecordingRuntime(patchers)
         rt.interrupt_event.set()
         return rt
 
@@ -644,7 +656,23 @@ def test_load_video(folders: Path) -> None:
         node("CogVideoXLoadVideo")("nope.mp4", 9)
 
 
-# ---- the host adapter on a stand-in ComfyUI ---------------------------------------------------
+# ---- the host adapter: plain torch, and a stand-in ComfyUI -------------------------------------
+
+def test_without_comfyui_models_move_to_a_device_on_plain_torch(loaded: dict, capsys) -> None:
+    """The pack's own fallback (the other tests stand in for it): a model and its devices, the
+    core's runtime on the load device; loading moves the model there, progress is silent."""
+    vae = loaded["vae"].model
+    patcher = host.compute.wrap(vae, "vae")
+    assert patcher.model is vae and patcher.offload_device == torch.device("cpu")
+    assert not hasattr(patcher, "add_patches")  # LoRA patching is ComfyUI's
+    rt = host.compute.runtime(patcher)
+    assert type(rt) is TorchRuntime and rt.device == patcher.load_device
+    assert host.load(rt, patcher) is vae and next(vae.parameters()).device.type == rt.device.type
+    rt.progress(1, 2, None)
+    rt.check_interrupt()
+    assert capsys.readouterr().err == ""
+
+
 
 class FakeInterrupt(Exception):
     pass
@@ -670,17 +698,16 @@ def fake_comfy(flag: list[bool], loads: list) -> SimpleNamespace:
         load_models_gpu=lambda models, memory_required=0: loads.append((models, memory_required)),
         get_free_memory=lambda dev=None: 123, intermediate_device=lambda: torch.device("cpu"),
         get_torch_device=lambda: torch.device("cpu"), unet_offload_device=lambda: torch.device("cpu"))
-    return SimpleNamespace(mm=mm, utils=SimpleNamespace(ProgressBar=Bar), bars=bars,
-                           ops=SimpleNamespace(disable_weight_init=None, manual_cast=None))
+    return SimpleNamespace(mm=mm, utils=SimpleNamespace(ProgressBar=Bar), bars=bars)
 
 
 def test_comfy_runtime_maps_the_protocol(loaded: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     flag, loads = [False], []
     fake = fake_comfy(flag, loads)
-    monkeypatch.setattr(host, "comfy", lambda: fake)
-    host._host_interrupted.cache_clear()
+    monkeypatch.setattr(host.compute, "comfy", lambda: fake)
+    host.compute._host_interrupted.cache_clear()
     patcher = loaded["model"].patcher
-    rt = host.ComfyRuntime([patcher])
+    rt = host.compute.ComfyRuntime([patcher])
     rt.load(patcher.model, 1000)
     assert loads == [([patcher], 1000)] and rt.free_memory() == 123
     rt.progress(1, 4, None)
@@ -690,9 +717,9 @@ def test_comfy_runtime_maps_the_protocol(loaded: dict, monkeypatch: pytest.Monke
     with pytest.raises(Interrupted) as info:
         rt.check_interrupt()
     assert isinstance(info.value, FakeInterrupt)  # ComfyUI sees its own interrupt
-    host._host_interrupted.cache_clear()
+    host.compute._host_interrupted.cache_clear()
 
 
 def test_latent_preview_is_a_jpeg_of_the_middle_frame() -> None:
-    kind, image, size = host.latent_preview(torch.randn(1, 16, 3, 8, 12))
+    kind, image, size = host.previews.latent_preview(torch.randn(1, 16, 3, 8, 12))
     assert kind == "JPEG" and image.size == (12, 8) and size == 512
