@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline  # noqa: E402
 from diffusers import CogVideoXTransformer3DModel  # noqa: E402
 
-from cogvideox_core.families import get_family  # noqa: E402
+from cogvideox_core.families import get_family, latent_frames  # noqa: E402
 from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
 from cogvideox_core.runtime import TorchRuntime  # noqa: E402
 from cogvideox_core.sampling import SchedulerConfig  # noqa: E402
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> float:
 def report_setup(args: argparse.Namespace, family, model) -> None:
     cfg = family.transformer
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    lat = (args.frames - 1) // 4 + 1
+    lat = latent_frames(args.frames)
     print(f"benchmark: {family.name} transformer at real width, {cfg.num_layers} layers of {cfg.num_heads} heads "
           f"x {cfg.head_dim} (inner {cfg.inner_dim}), {params:.0f}M parameters, {args.dtype} on {args.device}, "
           f"{torch.get_num_threads()} threads")

@@ -1,8 +1,23 @@
 """The CogVideoX model families as data.
 
 Every family is a :class:`Family`: a typed transformer config plus the facts the rest of the
-pack needs (VAE scale, scheduler shift, frame rules, conditioning kind). Families are detected
-from a state dict's keys and shapes (:func:`detect_family`), never from a file name.
+pack needs (VAE scale, scheduler shift, frame rate, frame and size rules, conditioning kind).
+Families are detected from a state dict's keys and shapes (:func:`detect_transformer_config`),
+never from a file name.
+
+Each rule lives here once and the transformer, the conditioning planner, the context windows,
+the tiler, the CLI and the nodes ask it:
+
+- the VAE's units (:data:`SPATIAL_COMPRESSION`, :data:`TEMPORAL_COMPRESSION`,
+  :data:`LATENT_CHANNELS`) and the pixel sizes every transformer takes (:data:`SIZE_UNIT`,
+  :func:`check_size`);
+- frames <-> latent frames (:func:`latent_frames`, :func:`pixel_frames`) and the 4k+1 rule
+  (:func:`check_frames`);
+- what the positional tables allow, in latent units on :class:`TransformerConfig`
+  (``max_latent_frames``: Fun-2B's 13; ``fixed_latent_size``: 5B-I2V's learned table;
+  ``max_latent_size``: 1.5's RoPE table; ``temporal_padding``: the 1.5 temporal patch) and in
+  pixels on :class:`Family` (``max_latent_frames``, ``fixed_size``, ``max_size``,
+  :meth:`Family.check_frames`, :meth:`Family.check_size`, :meth:`Family.temporal_padding`).
 
 Numbers come from the public checkpoints' configs (see ``../shared/SPEC.md``).
 """
@@ -18,6 +33,65 @@ logger = logging.getLogger(__name__)
 PositionKind = Literal["sincos", "sincos_resized", "rope_linspace", "rope_slice"]
 ConditioningKind = Literal["t2v", "i2v", "inp", "control"]
 
+LATENT_CHANNELS = 16  # every CogVideoX VAE
+SPATIAL_COMPRESSION = 8  # VAE: one latent per 8x8 pixels
+TEMPORAL_COMPRESSION = 4  # VAE: 4k+1 pixel frames <-> k+1 latent frames (causal: frame 0 alone)
+PATCH_SIZE = 2  # every CogVideoX transformer patches 2x2 latents
+SIZE_UNIT = SPATIAL_COMPRESSION * PATCH_SIZE  # 16: pixel sizes are multiples of it
+DEFAULT_FPS = 8  # the 1.0 and Fun families (1.5: 16)
+DEFAULT_OFS = 2.0  # diffusers CogVideoXImageToVideoPipeline: latents.new_full((1,), 2.0)
+
+
+# ---- frames and sizes -----------------------------------------------------------------------
+
+def latent_frames(frames: int, temporal_compression: int = TEMPORAL_COMPRESSION) -> int:
+    """Latent frames for ``frames`` pixel frames: ``(F - 1) // 4 + 1`` (49 -> 13), and 0 -> 0.
+
+    The causal VAE turns 4k+1 pixel frames into k+1 latents (frame 0 on its own, then 4 per
+    latent). The same rule converts a context-window overlap (as ComfyUI's Wan context-window
+    node does), so an overlap of 0 stays 0 and 1..4 pixel frames become one latent.
+    """
+    return (frames - 1) // temporal_compression + 1 if frames > 0 else 0
+
+
+def pixel_frames(latents: int, temporal_compression: int = TEMPORAL_COMPRESSION) -> int:
+    """Pixel frames of ``latents`` latent frames: ``4 (n - 1) + 1`` (13 -> 49), and 0 -> 0."""
+    return (latents - 1) * temporal_compression + 1 if latents > 0 else 0
+
+
+def check_frames(name: str, frames: int, temporal_compression: int = TEMPORAL_COMPRESSION) -> int:
+    """The latent frames of ``frames`` pixel frames; ``ValueError`` naming ``name`` unless
+    ``frames`` is 4k+1 (1, 5, 9, ..., 49, ..., 81), with the nearest counts that are in the message."""
+    tc = temporal_compression
+    if frames < 1 or (frames - 1) % tc:
+        below = pixel_frames(max(latent_frames(frames, tc), 1), tc)
+        near = sorted({below, pixel_frames(latent_frames(frames, tc) + 1, tc)})
+        raise ValueError(f"{name}={frames} must be {tc}k+1 (1, {tc + 1}, {2 * tc + 1}, ...: the causal "
+                         f"VAE turns {tc}k+1 frames into k+1 latents); nearest: {' or '.join(map(str, near))}")
+    return latent_frames(frames, tc)
+
+
+def check_size(name: str, value: int, unit: int = SIZE_UNIT) -> None:
+    """``ValueError`` naming ``name`` unless the pixel size ``value`` is a positive multiple of
+    ``unit`` (16: the VAE's 8x times the transformer's 2x2 patch), with the nearest that are."""
+    if value < unit or value % unit:
+        lower = value - value % unit
+        near = sorted({max(lower, unit), lower + unit})
+        raise ValueError(f"{name}={value} must be a multiple of {unit}, at least {unit} (VAE "
+                         f"{SPATIAL_COMPRESSION}x, patch {unit // SPATIAL_COMPRESSION}); nearest: "
+                         f"{' or '.join(map(str, near))}")
+
+
+def latent_shape(frames: int, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int, int]:
+    """The VAE latent shape [B, 16, F_lat, H/8, W/8] of ``batch`` videos of ``frames`` x
+    ``height`` x ``width`` pixels (ComfyUI's video LATENT layout), after checking the units."""
+    check_size("width", width)
+    check_size("height", height)
+    lat = check_frames("frames", frames)
+    if batch < 1:
+        raise ValueError(f"batch_size={batch} must be at least 1")
+    return (batch, LATENT_CHANNELS, lat, height // SPATIAL_COMPRESSION, width // SPATIAL_COMPRESSION)
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -31,12 +105,12 @@ class TransformerConfig:
     num_layers: int = 30
     num_heads: int = 30  # num_attention_heads
     head_dim: int = 64  # attention_head_dim
-    in_channels: int = 16
-    out_channels: int = 16
+    in_channels: int = LATENT_CHANNELS  # plus the conditioning channels (I2V, Fun)
+    out_channels: int = LATENT_CHANNELS
     text_dim: int = 4096  # text_embed_dim
     time_embed_dim: int = 512
     ofs_embed_dim: int | None = None  # 1.5-I2V only
-    patch_size: int = 2
+    patch_size: int = PATCH_SIZE
     patch_size_t: int | None = None  # 2 for the 1.5 families
     patch_bias: bool = True  # the 1.0 conv patch embed only; the 1.5 Linear always has a bias (as diffusers)
     positions: PositionKind = "sincos"
@@ -44,7 +118,7 @@ class TransformerConfig:
     sample_height: int = 60
     sample_width: int = 90
     sample_frames: int = 49
-    temporal_compression: int = 4
+    temporal_compression: int = TEMPORAL_COMPRESSION
     max_text_len: int = 226  # max_text_seq_length
     spatial_interpolation_scale: float = 1.875
     temporal_interpolation_scale: float = 1.0
@@ -63,7 +137,39 @@ class TransformerConfig:
     @property
     def sample_latent_frames(self) -> int:
         """Latent frames of the trained clip: (F - 1) // 4 + 1 (13 for 49 frames)."""
-        return (self.sample_frames - 1) // self.temporal_compression + 1
+        return latent_frames(self.sample_frames, self.temporal_compression)
+
+    @property
+    def max_latent_frames(self) -> int | None:
+        """The most latent frames one model call takes, or None: Fun-2B's resized sincos table
+        covers the frames of its trained grid (13 for the released weights) and no more."""
+        return self.sample_latent_frames if self.positions == "sincos_resized" else None
+
+    @property
+    def fixed_latent_size(self) -> tuple[int, int] | None:
+        """(height, width) in latents of the one size a learned positional table covers
+        (5B-I2V: 60 x 90), or None."""
+        return (self.sample_height, self.sample_width) if self.learned_positions else None
+
+    @property
+    def max_latent_size(self) -> tuple[int, int] | None:
+        """The largest (height, width) in latents the 1.5 RoPE table covers (300 x 300, i.e.
+        150 positions per axis), or None where positions have no limit."""
+        return (self.sample_height, self.sample_width) if self.positions == "rope_slice" else None
+
+    @property
+    def default_ofs(self) -> float | None:
+        """The ofs value passed with a model that has an ofs embedding (1.5-I2V: 2.0), else None."""
+        return DEFAULT_OFS if self.ofs_embed_dim else None
+
+    def temporal_padding(self, latents: int) -> int:
+        """Latent frames to prepend so that ``latents`` fits the temporal patch (0 for 1.0).
+
+        diffusers' 1.5 pipelines add ``pt - F % pt`` frames of noise in front of the latents,
+        denoise them with the rest and drop them before decoding (21 latents -> 22).
+        """
+        pt = self.patch_size_t or 1
+        return (pt - latents % pt) % pt
 
     @classmethod
     def from_diffusers(cls, cfg: Mapping[str, object], positions: PositionKind | None = None) -> "TransformerConfig":
@@ -87,7 +193,7 @@ class TransformerConfig:
             elif key not in ignored:
                 logger.warning("transformer config key %r is not used by this pack", key)
         if kwargs.get("out_channels") is None:
-            kwargs["out_channels"] = 16
+            kwargs["out_channels"] = LATENT_CHANNELS
         if positions is None:
             positions = _positions_from_diffusers(cfg)
         kwargs["positions"] = positions
@@ -128,11 +234,11 @@ class VAEConfig:
     in_channels: int = 3
     out_channels: int = 3
     block_out_channels: tuple[int, ...] = (128, 256, 256, 512)
-    latent_channels: int = 16
+    latent_channels: int = LATENT_CHANNELS
     layers_per_block: int = 3
     norm_eps: float = 1e-6
     norm_num_groups: int = 32
-    temporal_compression: int = 4
+    temporal_compression: int = TEMPORAL_COMPRESSION
     scaling_factor: float = 1.15258426
     invert_scale_latents: bool = False
 
@@ -166,29 +272,110 @@ class VAEConfig:
 
 @dataclass(frozen=True)
 class Family:
-    """One CogVideoX family: the transformer plus the rules around it."""
+    """One CogVideoX family: the transformer plus the rules around it.
+
+    Sizes are pixels and frames pixel frames here; the limits come from the transformer's
+    positional tables (:class:`TransformerConfig`), so a tiny test model with a small trained
+    grid has small limits too.
+    """
 
     name: str
     transformer: TransformerConfig
     conditioning: ConditioningKind
     vae_scaling_factor: float = 0.7
     invert_scale_latents: bool = False  # 1.5-I2V image latents are divided by the scale
-    snr_shift_scale: float = 1.0
-    fps: int = 8
+    snr_shift_scale: float = 1.0  # the shipped scheduler_config.json's (2B: 3.0)
+    fps: int = DEFAULT_FPS
     default_frames: int = 49
     default_height: int = 480
     default_width: int = 720
-    ofs: float | None = None  # 1.5-I2V: 2.0
-    fixed_size: tuple[int, int] | None = None  # 5B-I2V: (480, 720)
-    max_latent_frames: int | None = None  # Fun-2B: its sincos table has 13 frames
     add_noise_in_inpaint: bool = False
+    bf16_trained: bool = True  # fp16 gives NaN or black video (the 5B and 1.5 weights)
     recommended_sampler: str = "dpm"
-    notes: str = ""
 
     @property
     def latent_frames_even(self) -> bool:
         """1.5 families patch time by 2: the latent frame count is made even."""
         return self.transformer.patch_size_t == 2
+
+    @property
+    def pads_odd_latents(self) -> bool:
+        """1.5 T2V/I2V take an odd latent count by padding it (diffusers' pipelines); the Fun
+        1.5 models take even counts only (8m+5 frames)."""
+        return self.latent_frames_even and self.conditioning in ("t2v", "i2v")
+
+    @property
+    def max_latent_frames(self) -> int | None:
+        """The most latent frames one model call takes (Fun-2B: 13), or None."""
+        return self.transformer.max_latent_frames
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """(height, width) in pixels of the only size the family takes (5B-I2V: 480 x 720), or None."""
+        return _pixels(self.transformer.fixed_latent_size)
+
+    @property
+    def max_size(self) -> tuple[int, int] | None:
+        """The largest (height, width) in pixels the family takes (1.5: 2400 x 2400), or None."""
+        return _pixels(self.transformer.max_latent_size)
+
+    @property
+    def size_unit(self) -> int:
+        """Pixel sizes are multiples of this: the VAE's 8 times the patch size (16)."""
+        return SPATIAL_COMPRESSION * self.transformer.patch_size
+
+    @property
+    def ofs(self) -> float | None:
+        """The ofs value the family's model is called with (1.5-I2V: 2.0), or None."""
+        return self.transformer.default_ofs
+
+    def temporal_padding(self, latents: int) -> int:
+        """Latents the sampler prepends to ``latents`` (1.5 T2V/I2V with an odd count: 1)."""
+        return self.transformer.temporal_padding(latents) if self.pads_odd_latents else 0
+
+    def check_frames(self, frames: int, windowed: bool = False) -> int:
+        """The latent frames of ``frames``; ``ValueError`` naming the value and the rule unless
+        the family takes them: 4k+1, at most :attr:`max_latent_frames` in one model call (not
+        checked when ``windowed``: context windows bound each call instead), an even latent
+        count where the family does not pad odd ones (Fun 1.5)."""
+        lat = check_frames("frames", frames, self.transformer.temporal_compression)
+        most = None if windowed else self.max_latent_frames
+        if most is not None and lat > most:
+            raise ValueError(f"frames={frames} ({lat} latent frames): {self.name} takes at most "
+                             f"{self._pixel_frames(most)} frames ({most} latent frames, the size of "
+                             "its position table)")
+        if self.latent_frames_even and lat % 2 and not self.pads_odd_latents:
+            raise ValueError(f"frames={frames} ({lat} latent frames) for {self.name}: the Fun 1.5 "
+                             "models take an even latent count (8m+5 frames: 45, 53, 85); nearest: "
+                             f"{self.nearest_even(lat)}")
+        return lat
+
+    def nearest_even(self, latents: int) -> str:
+        """The pixel frame counts of the even latent counts next to an odd ``latents``, for messages."""
+        return " or ".join(str(self._pixel_frames(n)) for n in (latents - 1, latents + 1) if n > 0)
+
+    def _pixel_frames(self, latents: int) -> int:
+        return pixel_frames(latents, self.transformer.temporal_compression)
+
+    def check_size(self, height: int, width: int) -> None:
+        """``ValueError`` naming the value and the rule unless the family takes ``height`` x
+        ``width`` pixels: multiples of :attr:`size_unit`, the fixed size of a learned table,
+        at most the 1.5 RoPE table."""
+        check_size("height", height, self.size_unit)
+        check_size("width", width, self.size_unit)
+        fixed, top = self.fixed_size, self.max_size
+        if fixed is not None and (height, width) != fixed:
+            raise ValueError(f"height x width={height}x{width}: {self.name} takes only "
+                             f"{fixed[0]}x{fixed[1]} (its learned position table covers that size)")
+        if top is not None and (height > top[0] or width > top[1]):
+            raise ValueError(f"height x width={height}x{width}: {self.name} takes at most "
+                             f"{top[0]}x{top[1]} (its RoPE table)")
+
+
+def _pixels(latent_size: tuple[int, int] | None) -> tuple[int, int] | None:
+    if latent_size is None:
+        return None
+    return latent_size[0] * SPATIAL_COMPRESSION, latent_size[1] * SPATIAL_COMPRESSION
 
 
 _T2B = TransformerConfig(num_layers=30, num_heads=30)
@@ -203,21 +390,19 @@ def _with(cfg: TransformerConfig, **changes: object) -> TransformerConfig:
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("2b", _T2B, "t2v", vae_scaling_factor=1.15258426, snr_shift_scale=3.0,
-           recommended_sampler="ddim"),
+           bf16_trained=False, recommended_sampler="ddim"),
     Family("5b", _T5B, "t2v"),
-    Family("5b-i2v", _with(_T5B, in_channels=32, learned_positions=True), "i2v",
-           fixed_size=(480, 720)),
+    Family("5b-i2v", _with(_T5B, in_channels=32, learned_positions=True), "i2v"),  # 480x720 only
     Family("1.5-5b", _T15, "t2v", fps=16, default_frames=81, default_height=768,
            default_width=1360),
     Family("1.5-5b-i2v", _with(_T15, in_channels=32, ofs_embed_dim=512), "i2v", fps=16,
-           default_frames=81, default_height=768, default_width=1360, ofs=2.0,
-           invert_scale_latents=True),
+           default_frames=81, default_height=768, default_width=1360, invert_scale_latents=True),
     Family("fun-2b-inp", _with(_T2B, in_channels=33, positions="sincos_resized"), "inp",
-           max_latent_frames=13, recommended_sampler="ddim"),
+           bf16_trained=False, recommended_sampler="ddim"),  # at most 13 latent frames
     Family("fun-5b-inp", _with(_T5B, in_channels=33), "inp"),
     Family("fun-1.5-5b-inp", _with(_T15, in_channels=33), "inp", default_frames=85,
            default_height=512, default_width=512, add_noise_in_inpaint=True),
-    Family("fun-2b-control", _with(_T2B, in_channels=32), "control",
+    Family("fun-2b-control", _with(_T2B, in_channels=32), "control", bf16_trained=False,
            recommended_sampler="ddim"),
     Family("fun-5b-control", _with(_T5B, in_channels=32), "control"),
 )}
@@ -343,4 +528,6 @@ def _family_name(inner: int, in_ch: int, is15: bool, learned: bool, has_ofs: boo
 
 
 __all__ = ["TransformerConfig", "VAEConfig", "Family", "FAMILIES", "FAMILY_NAMES", "get_family",
-           "detect_transformer_config", "NotCogVideoXError"]
+           "detect_transformer_config", "NotCogVideoXError", "LATENT_CHANNELS", "SPATIAL_COMPRESSION",
+           "TEMPORAL_COMPRESSION", "PATCH_SIZE", "SIZE_UNIT", "DEFAULT_FPS", "DEFAULT_OFS",
+           "latent_frames", "pixel_frames", "check_frames", "check_size", "latent_shape"]

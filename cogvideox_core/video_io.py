@@ -1,8 +1,10 @@
-"""Reading and writing videos and images with imageio-ffmpeg (no PIL, no torchvision).
+"""Reading and writing videos and images with imageio-ffmpeg (no PIL, no torchvision), and the
+conversion between the two pixel layouts of the pack.
 
-Frames are float tensors [F, H, W, C] in 0..1 (ComfyUI's IMAGE layout). Files are written to a
-temporary name beside the target and renamed when complete, so an interrupted write never
-leaves a half file under the requested name.
+Frames are float tensors [F, H, W, C] in 0..1 (ComfyUI's IMAGE layout); the VAE reads and
+writes videos [B, 3, F, H, W] in -1..1 (:func:`frames_to_video`, :func:`video_to_frames`).
+Files are written to a temporary name beside the target and renamed when complete, so an
+interrupted write never leaves a half file under the requested name.
 """
 from __future__ import annotations
 
@@ -15,6 +17,20 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+def frames_to_video(frames: torch.Tensor) -> torch.Tensor:
+    """IMAGE frames [F, H, W, C] 0..1 -> VAE video [1, 3, F, H, W] in -1..1 (``2x - 1``, as
+    diffusers), float32; an alpha channel is dropped."""
+    x = frames[..., :3].float()  # [F, H, W, 3]
+    return (2.0 * x - 1.0).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W]
+
+
+def video_to_frames(video: torch.Tensor) -> torch.Tensor:
+    """VAE video [B, 3, F, H, W] in -1..1 -> IMAGE frames [B*F, H, W, 3] float32 0..1
+    (``x / 2 + 0.5`` clamped, as diffusers; computed in float32), video after video."""
+    x = (video.float() / 2 + 0.5).clamp(0, 1)  # [B, 3, F, H, W]
+    return x.permute(0, 2, 3, 4, 1).flatten(0, 1)  # [B*F, H, W, 3]
 
 
 def _ffmpeg():

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
+from ..cogvideox_core.families import LATENT_CHANNELS, Family
 from ..cogvideox_core.generation.conditioning import ConditioningInputs
-from ..cogvideox_core.families import Family
 
 MODEL = "COGVIDEOX_MODEL"
 VAE = "COGVIDEOX_VAE"
@@ -20,9 +20,6 @@ T5 = "COGVIDEOX_T5"
 CONDITIONING = "COGVIDEOX_CONDITIONING"
 CONTEXT = "COGVIDEOX_CONTEXT"
 
-LATENT_CHANNELS = 16  # every CogVideoX VAE
-SPATIAL = 8  # VAE spatial compression
-TEMPORAL = 4  # VAE temporal compression
 MAX_RESOLUTION = 8192
 MAX_FRAMES = 4097
 
@@ -31,7 +28,7 @@ MAX_FRAMES = 4097
 class ModelHandle:
     """A loaded CogVideoX transformer: its patcher (weights and LoRA patches) and family."""
 
-    patcher: Any  # comfy ModelPatcher or host.LocalPatcher; .model is the core transformer
+    patcher: Any  # comfy ModelPatcher, or host.compute.PlainPatcher without ComfyUI; .model is the core transformer
     family: Family
     dtype: torch.dtype
     name: str
@@ -62,8 +59,9 @@ class T5Handle:
 
 
 @dataclass(frozen=True)
-class Conditioning:
-    """Prompt embeddings plus what the conditioning nodes add, for the sampler.
+class PromptConditioning:
+    """What travels on the ``COGVIDEOX_CONDITIONING`` socket: prompt embeddings plus what the
+    conditioning nodes add, for the sampler.
 
     ``positive``/``negative``: T5 states [1, 226, D] on the intermediate device. ``inputs``:
     the images, videos and masks of the request (the core's ``ConditioningInputs``, IMAGE
@@ -95,26 +93,6 @@ def choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
     return value
-
-
-def check_range(name: str, value: float, lo: float, hi: float) -> None:
-    if not lo <= value <= hi:
-        raise ValueError(f"{name}={value} is out of range: must be between {lo} and {hi}")
-
-
-def check_multiple(name: str, value: int, multiple: int, what: str = "") -> None:
-    if value % multiple:
-        lower = value - value % multiple
-        raise ValueError(f"{name}={value} must be a multiple of {multiple}{what}; "
-                         f"nearest: {lower or multiple} or {lower + multiple}")
-
-
-def check_frames(name: str, frames: int) -> None:
-    """Pixel frame counts the causal VAE takes: 4k+1."""
-    if frames < 1 or (frames - 1) % TEMPORAL:
-        k = max((frames - 1) // TEMPORAL, 0)
-        raise ValueError(f"{name}={frames} must be 4k+1 (the causal VAE turns 4k+1 frames into "
-                         f"k+1 latents); nearest: {4 * k + 1} or {4 * k + 5}")
 
 
 def latent_samples(name: str, latent: Any) -> torch.Tensor:

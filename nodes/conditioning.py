@@ -13,13 +13,11 @@ from typing import Any
 
 import torch
 
+from ..cogvideox_core.families import SIZE_UNIT, TEMPORAL_COMPRESSION, latent_shape
 from ..cogvideox_core.generation.conditioning import ConditioningInputs
 from . import host
-from .common import (CONDITIONING, LATENT_CHANNELS, MAX_FRAMES, MAX_RESOLUTION, SPATIAL, TEMPORAL, VAE,
-                     Conditioning, VAEHandle, check_frames, check_multiple, float_input, images_tensor,
-                     int_input, tip)
-
-SIZE_UNIT = 16  # VAE 8x times the transformer's 2x2 patch
+from .common import (CONDITIONING, MAX_FRAMES, MAX_RESOLUTION, VAE, PromptConditioning, VAEHandle,
+                     float_input, images_tensor, int_input, tip)
 
 
 def size_inputs(width: int = 720, height: int = 480, frames: int = 49) -> dict[str, tuple]:
@@ -29,22 +27,17 @@ def size_inputs(width: int = 720, height: int = 480, frames: int = 49) -> dict[s
         "height": int_input("Video height in pixels (a multiple of 16; 5B-I2V takes only 480).",
                             height, SIZE_UNIT, MAX_RESOLUTION, SIZE_UNIT),
         "frames": int_input("Frames to generate, 4k+1 (49 for 1.0 models, 81 for 1.5, 49 at most for "
-                            "Fun 2B).", frames, 1, MAX_FRAMES, TEMPORAL),
+                            "Fun 2B).", frames, 1, MAX_FRAMES, TEMPORAL_COMPRESSION),
     }
 
 
 def empty_latent(width: int, height: int, frames: int, batch_size: int = 1) -> dict[str, torch.Tensor]:
-    """A LATENT of zeros [B, 16, (F - 1) / 4 + 1, H / 8, W / 8] after checking the units."""
-    check_multiple("width", width, SIZE_UNIT, " (VAE 8x, patch 2)")
-    check_multiple("height", height, SIZE_UNIT, " (VAE 8x, patch 2)")
-    check_frames("frames", frames)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1")
-    shape = (batch_size, LATENT_CHANNELS, (frames - 1) // TEMPORAL + 1, height // SPATIAL, width // SPATIAL)
+    """A LATENT of zeros [B, 16, (F - 1) / 4 + 1, H / 8, W / 8] (the core checks the units)."""
+    shape = latent_shape(frames, height, width, batch_size)
     return {"samples": torch.zeros(shape, device=host.intermediate_device())}
 
 
-def attach(conditioning: Conditioning, vae: VAEHandle, **inputs: Any) -> Conditioning:
+def attach(conditioning: PromptConditioning, vae: VAEHandle, **inputs: Any) -> PromptConditioning:
     """``conditioning`` with the given conditioning inputs and the VAE to encode them."""
     return dataclasses.replace(conditioning, inputs=ConditioningInputs(**inputs), vae=vae)
 
@@ -102,8 +95,8 @@ class CogVideoXImageToVideo(_ConditioningNode):
                                           "and resized to width x height."),
                              **size_inputs()}}
 
-    def encode(self, conditioning: Conditioning, vae: VAEHandle, image: torch.Tensor, width: int,
-               height: int, frames: int) -> tuple[Conditioning, dict]:
+    def encode(self, conditioning: PromptConditioning, vae: VAEHandle, image: torch.Tensor, width: int,
+               height: int, frames: int) -> tuple[PromptConditioning, dict]:
         latent = empty_latent(width, height, frames)
         return attach(conditioning, vae, image=images_tensor("image", image)[:1]), latent
 
@@ -126,10 +119,10 @@ class CogVideoXFunInpaint(_ConditioningNode):
                                              0.001, advanced=True),
                 }}
 
-    def encode(self, conditioning: Conditioning, vae: VAEHandle, width: int, height: int, frames: int,
+    def encode(self, conditioning: PromptConditioning, vae: VAEHandle, width: int, height: int, frames: int,
                start_images: torch.Tensor | None = None, end_image: torch.Tensor | None = None,
                video: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-               noise_aug: float = -1.0) -> tuple[Conditioning, dict]:
+               noise_aug: float = -1.0) -> tuple[PromptConditioning, dict]:
         latent = empty_latent(width, height, frames)
         images = {name: images_tensor(name, x) for name, x in
                   (("image", start_images), ("end_image", end_image), ("video", video)) if x is not None}
@@ -151,8 +144,8 @@ class CogVideoXVideoToVideo(_ConditioningNode):
                              "video": tip("IMAGE", "The source video (its first `frames` frames are used)."),
                              **size_inputs()}}
 
-    def encode(self, conditioning: Conditioning, vae: VAEHandle, video: torch.Tensor, width: int,
-               height: int, frames: int) -> tuple[Conditioning, dict]:
+    def encode(self, conditioning: PromptConditioning, vae: VAEHandle, video: torch.Tensor, width: int,
+               height: int, frames: int) -> tuple[PromptConditioning, dict]:
         latent = empty_latent(width, height, frames)
         return attach(conditioning, vae, video=images_tensor("video", video)), latent
 
@@ -167,8 +160,8 @@ class CogVideoXFunControl(_ConditioningNode):
                              "control_video": tip("IMAGE", "The control video, at least `frames` long."),
                              **size_inputs(672, 384)}}
 
-    def encode(self, conditioning: Conditioning, vae: VAEHandle, control_video: torch.Tensor,
-               width: int, height: int, frames: int) -> tuple[Conditioning, dict]:
+    def encode(self, conditioning: PromptConditioning, vae: VAEHandle, control_video: torch.Tensor,
+               width: int, height: int, frames: int) -> tuple[PromptConditioning, dict]:
         latent = empty_latent(width, height, frames)
         return attach(conditioning, vae, control=images_tensor("control_video", control_video)), latent
 

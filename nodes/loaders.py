@@ -7,43 +7,34 @@ family is detected from the weights, never from a file name.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..cogvideox_core.families import FAMILY_NAMES
 from ..cogvideox_core.loading.lora import load_lora
-from ..cogvideox_core.sampling import SchedulerConfig
 from ..cogvideox_core.loading.text import load_text_encoder
-from ..cogvideox_core.loading.weights import load_transformer, load_vae
+from ..cogvideox_core.loading.weights import (COMPUTE_DTYPES, FP8_DTYPES, load_scheduler_config,
+                                              load_transformer, load_vae)
 from . import host
 from .common import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle, choice, float_input, tip
 
 # Storage dtype choices; "auto" is bf16 where the device supports it, else fp32. fp8 stores
 # the block matmul weights in fp8 and computes in the auto dtype (see cogvideox_core.loading.weights).
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-MODEL_DTYPES = ("auto", *DTYPES, *FP8)
-VAE_DTYPES = ("auto", *DTYPES)
-T5_DTYPES = ("auto", *DTYPES, "fp8_e4m3fn")
+MODEL_DTYPES = ("auto", *COMPUTE_DTYPES, *FP8_DTYPES)
+VAE_DTYPES = ("auto", *COMPUTE_DTYPES)
+T5_DTYPES = ("auto", *COMPUTE_DTYPES, "fp8_e4m3fn")
 ATTENTION = ("auto", "comfy", "sdpa")
 
 
 def resolve_dtype(name: str, value: str, allowed: tuple[str, ...], role: str) -> tuple[torch.dtype, torch.dtype | None]:
     """(compute dtype, fp8 storage dtype or None) for a dtype input."""
     choice(name, value, allowed)
-    if value in DTYPES:
-        return DTYPES[value], None
+    if value in COMPUTE_DTYPES:
+        return COMPUTE_DTYPES[value], None
     device = host.devices(role)[0]
     auto = torch.bfloat16 if host.supports_bf16(device) else torch.float32
-    return auto, FP8.get(value)
-
-
-def _scheduler(path: Path) -> SchedulerConfig | None:
-    """The shipped scheduler config of a diffusers root, if it has one."""
-    config = path / "scheduler" / "scheduler_config.json"
-    return SchedulerConfig.from_json(config) if config.is_file() else None
+    return auto, FP8_DTYPES.get(value)
 
 
 class CogVideoXModelLoader:
@@ -84,7 +75,7 @@ class CogVideoXModelLoader:
             family=None if family == "auto" else family, ops=host.layer_ops(storage is not None),
             attention=host.attention(attention), weight_dtype=storage)
         patcher = host.wrap(module, "diffusion")
-        return ModelHandle(patcher, fam, dtype, model, scheduler=_scheduler(path)), float(fam.fps)
+        return ModelHandle(patcher, fam, dtype, model, scheduler=load_scheduler_config(path)), float(fam.fps)
 
 
 class CogVideoXVAELoader:

@@ -14,14 +14,14 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
-from ..cogvideox_core.long_video.chain import ChainOptions, extend_chain
+from ..cogvideox_core.families import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, check_frames, pixel_frames
 from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents
+from ..cogvideox_core.long_video.chain import ChainOptions, extend_chain
 from ..cogvideox_core.sampling import SAMPLER_NAMES
+from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
 from . import host
-from .common import (CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, SPATIAL, T5, TEMPORAL, VAE, Conditioning,
-                     ModelHandle, T5Handle, VAEHandle, check_frames, choice, float_input, images_tensor,
-                     int_input, latent_samples, tip)
+from .common import (CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, T5, VAE, ModelHandle, PromptConditioning,
+                     T5Handle, VAEHandle, choice, float_input, images_tensor, int_input, latent_samples, tip)
 from .text import encode_lines
 
 SAMPLERS = ("auto", *SAMPLER_NAMES)
@@ -51,9 +51,9 @@ class CogVideoXContextOptions:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "length_frames": int_input("Window length in frames, 4k+1 (49 = the 1.0 models' trained "
-                                       "length).", 49, 1, MAX_FRAMES, TEMPORAL),
+                                       "length).", 49, 1, MAX_FRAMES, TEMPORAL_COMPRESSION),
             "overlap_frames": int_input("Frames shared by neighbouring windows (blended).", 16, 0,
-                                        MAX_FRAMES, TEMPORAL),
+                                        MAX_FRAMES, TEMPORAL_COMPRESSION),
             "schedule": tip(list(SCHEDULES), "static: fixed windows; uniform: windows shift every step; "
                             "looped: the last window wraps to the start (loops)."),
             "weights": tip(list(WEIGHTS), "How overlapping windows are blended: pyramid ramps, flat "
@@ -90,7 +90,7 @@ class CogVideoXSampler:
             "context_options": tip(CONTEXT, "Context windows for long videos (CogVideoX Context Options)."),
         }}
 
-    def sample(self, model: ModelHandle, conditioning: Conditioning, latent: dict, seed: int, steps: int,
+    def sample(self, model: ModelHandle, conditioning: PromptConditioning, latent: dict, seed: int, steps: int,
                cfg: float, sampler: str = "auto", denoise: float = 1.0,
                context_options: ContextOptions | None = None) -> tuple[dict]:
         samples = latent_samples("latent", latent)
@@ -104,9 +104,10 @@ class CogVideoXSampler:
         outs = []
         for i in range(batch):  # video i uses seed + i
             request = GenerateRequest(
-                inputs=inputs, frames=(t - 1) * TEMPORAL + 1, height=h * SPATIAL,
-                width=w * SPATIAL, steps=steps, cfg=cfg, sampler=None if sampler == "auto" else sampler,
-                seed=(seed + i) % 2**64, context=context_options, prompt_embeds=conditioning.positive,
+                inputs=inputs, frames=pixel_frames(t), height=h * SPATIAL_COMPRESSION,
+                width=w * SPATIAL_COMPRESSION, steps=steps, cfg=cfg,
+                sampler=None if sampler == "auto" else sampler, seed=(seed + i) % 2**64,
+                context=context_options, prompt_embeds=conditioning.positive,
                 negative_embeds=conditioning.negative)
             outs.append(host.to_intermediate(generate_latents(models, request, runtime)))
         return ({"samples": torch.cat(outs)},)
@@ -129,7 +130,8 @@ class CogVideoXExtendVideo:
             "conditioning": tip(CONDITIONING, "The prompt for the new chunks (from a CogVideoX text encode node)."),
             "vae": tip(VAE, "Encodes the known frames and decodes the chunks."),
             "images": tip("IMAGE", "The video so far; the chunks have its size."),
-            "frames": int_input("Frames of each new chunk, 4k+1, including the overlap.", 49, 5, MAX_FRAMES, TEMPORAL),
+            "frames": int_input("Frames of each new chunk, 4k+1, including the overlap.", 49, 5, MAX_FRAMES,
+                                TEMPORAL_COMPRESSION),
             "overlap_frames": int_input("Last frames of the video each chunk starts from (known frames), "
                                         "crossfaded over.", 4, 1, MAX_FRAMES),
             **sampling_inputs(),
@@ -144,7 +146,7 @@ class CogVideoXExtendVideo:
                            "conditioning's prompt for every chunk.", multiline=True, default=""),
         }}
 
-    def extend(self, model: ModelHandle, conditioning: Conditioning, vae: VAEHandle, images: torch.Tensor,
+    def extend(self, model: ModelHandle, conditioning: PromptConditioning, vae: VAEHandle, images: torch.Tensor,
                frames: int, overlap_frames: int, seed: int, steps: int, cfg: float, sampler: str = "auto",
                chunks: int = 1, colour_match: float = 1.0, end_image: torch.Tensor | None = None,
                t5: T5Handle | None = None, prompts: str = "") -> tuple[torch.Tensor]:

@@ -13,7 +13,7 @@ import torch
 
 from ..cogvideox_core.loading.text import MAX_LENGTH, encode_prompts
 from . import host
-from .common import CONDITIONING, T5, Conditioning, T5Handle, tip
+from .common import CONDITIONING, T5, PromptConditioning, T5Handle, tip
 
 T5_PAD, T5_EOS = 0, 1  # T5's vocabulary: <pad> is 0, </s> is 1
 PROMPT_TIP = "What the video shows (T5 reads 226 tokens; a longer prompt is cut, with a warning in the log)."
@@ -36,12 +36,12 @@ class CogVideoXTextEncode:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {"t5": tip(T5, "From CogVideoX T5 Text Encoder Loader."), **_prompt_inputs()}}
 
-    def encode(self, t5: T5Handle, positive: str, negative: str = "") -> tuple[Conditioning]:
+    def encode(self, t5: T5Handle, positive: str, negative: str = "") -> tuple[PromptConditioning]:
         runtime = host.runtime(t5.patcher)
         model = host.load(runtime, t5.patcher)
         pos, neg = (host.to_intermediate(encode_prompts(model, t5.tokenizer, [text], device=runtime.device))  # [1, 226, D]
                     for text in (positive, negative))  # one call each, as the pipelines
-        return (Conditioning(pos, neg),)
+        return (PromptConditioning(pos, neg),)
 
 
 def encode_lines(t5: T5Handle | None, text: str, expected: int,
@@ -106,9 +106,9 @@ class CogVideoXCLIPTextEncode:
         return {"required": {"clip": tip("CLIP", "A T5-XXL text encoder from ComfyUI's CLIPLoader."),
                              **_prompt_inputs()}}
 
-    def encode(self, clip: Any, positive: str, negative: str = "") -> tuple[Conditioning]:
+    def encode(self, clip: Any, positive: str, negative: str = "") -> tuple[PromptConditioning]:
         pos, neg = (self._states(clip, text) for text in (positive, negative))
-        return (Conditioning(pos, neg),)
+        return (PromptConditioning(pos, neg),)
 
     @staticmethod
     def _states(clip: Any, text: str) -> torch.Tensor:

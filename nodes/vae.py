@@ -12,9 +12,11 @@ from typing import Any
 
 import torch
 
+from ..cogvideox_core.families import SPATIAL_COMPRESSION, check_frames
 from ..cogvideox_core.vae.tiling import check_settings, decode_memory, encode_memory, tiled_decode, tiled_encode
+from ..cogvideox_core.video_io import frames_to_video, video_to_frames
 from . import host
-from .common import MAX_RESOLUTION, SPATIAL, VAE, VAEHandle, check_frames, images_tensor, int_input, latent_samples, tip
+from .common import MAX_RESOLUTION, VAE, VAEHandle, images_tensor, int_input, latent_samples, tip
 
 
 def tile_inputs() -> dict[str, tuple]:
@@ -23,9 +25,9 @@ def tile_inputs() -> dict[str, tuple]:
                      "Off: overlapping tiles blended (seams possible, nothing leaves the GPU between layers).",
                      default=True, advanced=True),
         "tile": int_input("Tile size in pixels (a multiple of 8); 0 = chosen from free memory.", 0, 0,
-                          MAX_RESOLUTION, SPATIAL, advanced=True),
+                          MAX_RESOLUTION, SPATIAL_COMPRESSION, advanced=True),
         "overlap": int_input("Tile overlap in pixels for exact off (0 = a quarter tile); exact mode "
-                             "needs none.", 0, 0, MAX_RESOLUTION, SPATIAL, advanced=True),
+                             "needs none.", 0, 0, MAX_RESOLUTION, SPATIAL_COMPRESSION, advanced=True),
     }
 
 
@@ -54,9 +56,8 @@ class CogVideoXTiledDecode:
         check_settings(vae.model.config, **settings, exact=exact)  # before loading
         runtime = host.runtime(vae.patcher)
         model = host.load(runtime, vae.patcher, decode_memory(vae.model, z))
-        video = tiled_decode(model, z, exact=exact, runtime=runtime, **settings)
-        frames = (video.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 4, 1)  # [B, F, H, W, 3]
-        return (host.to_intermediate(frames.flatten(0, 1)),)
+        video = tiled_decode(model, z, exact=exact, runtime=runtime, **settings)  # [B, 3, F, H, W]
+        return (host.to_intermediate(video_to_frames(video)),)  # [B*F, H, W, 3]
 
 
 class CogVideoXTiledEncode:
@@ -79,7 +80,7 @@ class CogVideoXTiledEncode:
         check_frames("images (frame count)", frames.shape[0])
         settings = _settings(tile, overlap)
         check_settings(vae.model.config, **settings, exact=exact)
-        video = (frames * 2 - 1).permute(3, 0, 1, 2)[None]  # [1, 3, F, H, W] in -1..1, any device
+        video = frames_to_video(frames)  # [1, 3, F, H, W] in -1..1, any device
         runtime = host.runtime(vae.patcher)
         model = host.load(runtime, vae.patcher, encode_memory(vae.model, video))
         posterior = tiled_encode(model, video, exact=exact, runtime=runtime, **settings)

@@ -5,11 +5,11 @@ from typing import Any
 
 import torch
 
+from ..cogvideox_core.families import DEFAULT_FPS
 from ..cogvideox_core.video_io import read_video, write_mp4
 from . import host
 from .common import MAX_FRAMES, MODEL, ModelHandle, float_input, images_tensor, int_input, tip
 
-DEFAULT_FPS = 8.0  # the 1.0 and Fun families; 1.5 runs at 16
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
 
@@ -67,7 +67,7 @@ class CogVideoXSaveVideo:
         frames = images_tensor("images", images)
         if frame_rate < 0:
             raise ValueError(f"frame_rate={frame_rate} must be 0 (from the model) or positive")
-        fps = frame_rate or (float(model.family.fps) if model is not None else DEFAULT_FPS)
+        fps = frame_rate or float(model.family.fps if model is not None else DEFAULT_FPS)
         f, h, w, _c = frames.shape
         path, filename, subfolder = host.save_path(filename_prefix, w, h, ".mp4")
         write_mp4(frames, path, fps=fps)

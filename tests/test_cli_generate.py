@@ -123,7 +123,7 @@ def test_generate_chained_with_a_prompts_file_equals_generate_long(tiny_inp, tmp
 
 @pytest.mark.parametrize("extra, message", [
     (["--end-image", "{png}"], "error: end_image given to 5b (t2v): only the Fun InP families"),
-    (["--frames", "10"], "error: frames=10: CogVideoX takes 4k+1 frames"),
+    (["--frames", "10"], "error: frames=10 must be 4k+1 (1, 5, 9"),
     (["--extend-chunks", "2"], "error: 5b (t2v) cannot continue a video"),
     (["--extend-chunks", "3", "--prompts-file", "{txt}"], "error: --prompts-file"),
     (["--context-frames", "9", "--context-overlap", "9"], "error: overlap_frames=9"),

@@ -162,6 +162,21 @@ def test_frames_default_to_source_video_and_are_cut_to_request() -> None:
     assert plan_conditioning(tiny_family("5b"), ConditioningInputs(video=video), 9, H, W).frames == 9
 
 
+def test_pixel_layouts_convert_once_both_ways() -> None:
+    """IMAGE [F, H, W, C] 0..1 <-> VAE video [B, 3, F, H, W] -1..1, the one pair every caller uses."""
+    from cogvideox_core.video_io import frames_to_video, video_to_frames
+
+    frames = torch.rand(5, H, W, 4)  # alpha is dropped
+    video = frames_to_video(frames)
+    assert video.shape == (1, 3, 5, H, W)
+    assert torch.equal(video[0, :, 2], frames[2, ..., :3].permute(2, 0, 1) * 2 - 1)
+    assert torch.equal(to_pixels(frames, H, W), video)  # the target size passes through untouched
+    assert torch.allclose(video_to_frames(video), frames[..., :3], atol=1e-6)
+    two = video_to_frames(torch.cat([video, -video]) * 1.5)  # a batch, out of range: clamped
+    assert two.shape == (10, H, W, 3) and two.min() == 0 and two.max() == 1
+    assert video_to_frames(video.bfloat16()).dtype == torch.float32
+
+
 def test_other_image_sizes_are_cropped_and_resized() -> None:
     px = to_pixels(torch.rand(1, 50, 120, 3), H, W)
     assert px.shape == (1, 3, 1, H, W) and px.min() >= -1 and px.max() <= 1
@@ -174,7 +189,7 @@ def test_other_image_sizes_are_cropped_and_resized() -> None:
     ("5b-i2v", dict(image=_img()), dict(height=480, width=720), r"height x width=480x720.*only 64x96"),
     ("5b-i2v", {}, dict(height=64, width=96), r"image=None: 5b-i2v"),
     ("5b-i2v", dict(image=_img(2)), dict(height=64, width=96), r"image has 2 frames: 5b-i2v takes one"),
-    ("5b", {}, dict(frames=50), r"frames=50: .*4k\+1.*49 or 53"),
+    ("5b", {}, dict(frames=50), r"frames=50 must be 4k\+1.*49 or 53"),
     ("fun-2b-inp", {}, dict(frames=13), r"frames=13 .*fun-2b-inp takes at most 9 frames"),
     ("fun-1.5-5b-inp", dict(image=_img()), dict(frames=9), r"frames=9 \(3 latent frames\).*even.*5 or 13"),
     ("1.5-5b", dict(video=torch.rand(9, H, W, 3)), dict(frames=9), r"frames=9.*video-to-video on 1.5"),
@@ -186,7 +201,7 @@ def test_other_image_sizes_are_cropped_and_resized() -> None:
     ("5b", dict(denoise=0.5), {}, r"denoise=0.5 < 1 needs a source video"),
     ("5b", dict(video=torch.rand(9, H, W, 3), denoise=0.0), {}, r"denoise=0.0: must be in \(0, 1\]"),
     ("5b", dict(video=torch.rand(5, H, W, 3)), dict(frames=9), r"video has 5 frames; frames=9"),
-    ("5b", {}, dict(height=40), r"height=40: must be a positive multiple of 16"),
+    ("5b", {}, dict(height=40), r"height=40 must be a multiple of 16.*32 or 48"),
     ("1.5-5b", {}, dict(width=112), r"height x width=32x112: 1.5-5b takes at most 96x96"),
     ("5b", dict(image=torch.rand(1, H, W)), {}, r"image"),
     ("2b", dict(noise_aug=0.1), {}, r"noise_aug=0.1 given to 2b"),

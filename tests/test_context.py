@@ -8,10 +8,10 @@ import torch
 
 from cogvideox_core.sampling.windows import (
     SCHEDULES, WEIGHTS, ContextOptions, LatentContext, check_window_length, get_schedule,
-    get_weights, max_window_latents, pixel_to_latent_frames, plan_windows, run_windows, schedule_looped,
+    get_weights, plan_windows, run_windows, schedule_looped,
     schedule_static, schedule_uniform, slice_windows, weights_pyramid, window_weights,
 )
-from cogvideox_core.families import get_family
+from cogvideox_core.families import get_family, latent_frames
 
 PAIRS = [(1, 0), (2, 1), (4, 0), (4, 3), (8, 2), (13, 4), (13, 12), (16, 8), (6, 5)]
 STEPS = [0, 1, 2, 3, 7]
@@ -211,7 +211,7 @@ def test_run_windows_refuses_mismatches():
 # --- options and family rules -------------------------------------------------------------------
 
 def test_pixel_to_latent():
-    assert [pixel_to_latent_frames(f) for f in (0, 1, 4, 5, 16, 17, 49, 81, 85)] == \
+    assert [latent_frames(f) for f in (0, 1, 4, 5, 16, 17, 49, 81, 85)] == \
         [0, 1, 1, 2, 4, 5, 13, 21, 22]
     ctx = ContextOptions(49, 16, "uniform", "flat").to_latent(get_family("5b"))
     assert ctx == LatentContext(13, 4, "uniform", "flat")
@@ -228,7 +228,7 @@ def test_pixel_to_latent():
 def test_family_window_rules(family, frames, ok):
     opts = ContextOptions(frames, 8)
     if ok:
-        assert opts.to_latent(get_family(family)).length == pixel_to_latent_frames(frames)
+        assert opts.to_latent(get_family(family)).length == latent_frames(frames)
     else:
         with pytest.raises(ValueError, match=f"length_frames={frames}") as err:
             opts.to_latent(get_family(family))
@@ -239,8 +239,8 @@ def test_fun_2b_window_limit_is_its_table_and_batching_carries_over():
     from cogvideox_core.tiny import tiny_family
 
     tiny = tiny_family("fun-2b-inp")  # a 9-frame (3-latent) table
-    assert max_window_latents(tiny) == 3 and max_window_latents(get_family("fun-2b-inp")) == 13
-    assert max_window_latents(get_family("5b")) is None
+    assert tiny.max_latent_frames == 3 and get_family("fun-2b-inp").max_latent_frames == 13
+    assert get_family("5b").max_latent_frames is None
     with pytest.raises(ValueError, match="at most 3 latent frames"):
         ContextOptions(13, 4).to_latent(tiny)
     assert ContextOptions(9, 4, batch_windows=4).to_latent(tiny) == LatentContext(3, 1, batch_windows=4)

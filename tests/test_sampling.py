@@ -151,12 +151,19 @@ def test_add_noise_matches_scheduler():
 
 # ---------------------------------------------------------------- config
 
-def test_scheduler_config_from_folder_and_dict(tmp_path, caplog):
+def test_scheduler_config_from_file_and_dict(tmp_path, caplog):
+    from cogvideox_core.loading.weights import load_scheduler_config
+
     folder = tmp_path / "scheduler"
     folder.mkdir()
     (folder / "scheduler_config.json").write_text(json.dumps(shipped(3.0)))
-    assert SchedulerConfig.from_json(folder) == SchedulerConfig(snr_shift_scale=3.0)
-    assert SchedulerConfig.from_json(tmp_path) == SchedulerConfig(snr_shift_scale=3.0)
+    assert SchedulerConfig.from_json(folder / "scheduler_config.json") == SchedulerConfig(snr_shift_scale=3.0)
+    # one search rule: the model root, or the folder holding a component folder or file
+    (tmp_path / "transformer").mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    for path in (tmp_path, tmp_path / "transformer", tmp_path / "model.safetensors"):
+        assert load_scheduler_config(path) == SchedulerConfig(snr_shift_scale=3.0), path
+    assert load_scheduler_config(tmp_path / "transformer" / "deeper") is None  # not further up
     with caplog.at_level(logging.WARNING):
         cfg = SchedulerConfig.from_json({**shipped(1.0), "mystery_knob": 2})
     assert cfg == SchedulerConfig() and "mystery_knob" in caplog.text
@@ -169,7 +176,7 @@ def test_scheduler_config_errors(tmp_path):
     with pytest.raises(ValueError, match="timestep_spacing"):
         SchedulerConfig.from_json({"timestep_spacing": "karras"})
     with pytest.raises(ValueError, match="scheduler_config.json"):
-        SchedulerConfig.from_json(tmp_path)
+        SchedulerConfig.from_json(tmp_path)  # a folder: finding the file is the loader's job
 
 
 # ---------------------------------------------------------------- full loops vs the pipelines

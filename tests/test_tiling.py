@@ -257,8 +257,8 @@ def test_cache_buffers_are_allocated_once(tiny: CogVideoXVAE, monkeypatch: pytes
     seen = []
     real = tiling.decode_chunk
 
-    def spy(ctx, decoder, z, tails, out, groups):
-        real(ctx, decoder, z, tails, out, groups)
+    def spy(ws, decoder, z, tails, out, groups):
+        real(ws, decoder, z, tails, out, groups)
         seen.append({k: v.data_ptr() for k, v in tails.items()})
 
     monkeypatch.setattr(tiling, "decode_chunk", spy)

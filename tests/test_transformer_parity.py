@@ -30,7 +30,7 @@ from torch import nn
 from cogvideox_core.families import FAMILIES, TransformerConfig
 from cogvideox_core.ops import default_ops, sdpa_attention
 from cogvideox_core.models.positions import sincos_resized
-from cogvideox_core.models.transformer import CogVideoXTransformer, temporal_padding
+from cogvideox_core.models.transformer import CogVideoXTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -230,8 +230,8 @@ def test_forward_refuses_odd_15_frames_and_names_padding() -> None:
     x, t, ctx = inputs(ours.config, 5, 8, 8, 226)
     with pytest.raises(ValueError, match=r"frames_lat=5.*prepend 1"):
         ours(x, t, ctx)
-    assert temporal_padding(ours.config, 21) == 1 and temporal_padding(ours.config, 22) == 0
-    assert temporal_padding(tiny_config("5b"), 13) == 0
+    assert ours.config.temporal_padding(21) == 1 and ours.config.temporal_padding(22) == 0
+    assert tiny_config("5b").temporal_padding(13) == 0
 
 
 def test_accepted_sizes_pass_check() -> None:

@@ -20,11 +20,11 @@ def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames:
     :class:`~cogvideox_core.sampling.windows.ContextOptions` for long videos. Returns what it did."""
 
     start = time.monotonic()
-    small = get_family(family).transformer.learned_positions  # 5B-I2V: a 64x96 table, not 480x720
+    small = get_family(family).fixed_size is not None  # 5B-I2V: a 64x96 table, not 480x720
     models = random_models(family, seed=seed, small_grid=small)
     fam = models.family
-    if fam.transformer.learned_positions:  # 5B-I2V: the table's size only
-        height, width = fam.transformer.sample_height * 8, fam.transformer.sample_width * 8
+    if fam.fixed_size is not None:  # 5B-I2V: the table's size only
+        height, width = fam.fixed_size
     request = GenerateRequest(prompt="A panda playing a guitar in a bamboo forest, sunlight",
                               inputs=demo_inputs(fam, frames, height, width), frames=frames,
                               height=height, width=width, steps=steps, seed=seed,

@@ -30,7 +30,6 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 OUT_SUFFIXES = (".mp4", ".safetensors")
-DTYPES = ("bfloat16", "float16", "float32")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +41,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 # ---- generate -------------------------------------------------------------------------------
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
+    from ..loading.weights import COMPUTE_DTYPES
     from ..sampling import SAMPLER_NAMES
 
     p = sub.add_parser("generate", help="make a video from a model on disk",
@@ -69,7 +69,8 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
                    "calls (less memory)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the family's recommended one")
-    p.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on a GPU, float32 on the CPU")
+    p.add_argument("--dtype", choices=[str(d).removeprefix("torch.") for d in COMPUTE_DTYPES.values()],
+                   help="default: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--device", help="default: cuda if available, else cpu")
     _add_long_video(p)
     p.add_argument("--out", required=True, help="output .mp4 or .safetensors")
@@ -215,24 +216,13 @@ def _inputs(args: argparse.Namespace):
 def _load(args: argparse.Namespace, family: str, dtype, runtime):
     from ..generation.pipeline import Models
     from ..loading.text import load_text_encoder
-    from ..loading.weights import load_transformer, load_vae
+    from ..loading.weights import load_scheduler_config, load_transformer, load_vae
 
     device = runtime.device
     transformer, fam = load_transformer(args.model, dtype, device, family=family)
     vae = load_vae(args.vae or args.model, dtype, device)
     text = load_text_encoder(args.text_encoder or args.model, dtype, device)
-    return Models(transformer.eval(), fam, vae.eval(), text, scheduler_config(args.model, fam))
-
-
-def scheduler_config(model: str | Path, family):
-    """The ``scheduler/scheduler_config.json`` of the model's tree, else the family's shipped values."""
-    from ..sampling import SchedulerConfig
-
-    path = Path(model).expanduser()
-    for root in (path, path.parent):
-        if (root / "scheduler" / "scheduler_config.json").is_file():
-            return SchedulerConfig.from_json(root)
-    return SchedulerConfig(snr_shift_scale=family.snr_shift_scale)
+    return Models(transformer.eval(), fam, vae.eval(), text, load_scheduler_config(args.model))
 
 
 def _generate(models, request, runtime, chain=None):
@@ -285,4 +275,4 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["add_commands", "run_generate", "run_demo", "scheduler_config"]
+__all__ = ["add_commands", "run_generate", "run_demo"]

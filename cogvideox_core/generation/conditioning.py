@@ -5,9 +5,13 @@ Two steps, so that a request that does not fit the model is refused before any h
 1. :func:`plan_conditioning` (pure, no tensors computed): picks the mode from the inputs and the
    family, resolves frames and size, and checks them against the family's rules. Every refusal
    is a ``ValueError`` naming the input, its value and what the family allows.
-2. :func:`build_conditioning`: encodes images and videos with the VAE and returns a
-   :class:`Conditioning`: the extra channels concatenated to the noisy latents at every step,
-   the V2V start latents, the ofs value and the frame padding.
+2. :func:`build_conditioning`: encodes images and videos with the VAE and returns
+   :class:`ConditioningLatents`: the extra channels concatenated to the noisy latents at every
+   step, the V2V start latents, the ofs value and the frame padding.
+
+The family rules themselves (4k+1 frames, Fun-2B's 13 latents, 5B-I2V's fixed size, 1.5's
+RoPE limit and temporal padding) live in :mod:`cogvideox_core.families`; the planner asks them
+and adds the rules of the modes (what inputs each family takes, V2V's even latent count).
 
 Modes (``ConditioningPlan.mode``) and what they build, in the transformer's layout
 [B, F_lat, C, H_lat, W_lat] and scaled latent space (VAE latents times the family's
@@ -42,17 +46,14 @@ from typing import Literal, Protocol
 import torch
 import torch.nn.functional as F
 
-from ..sampling.windows import max_window_latents
-from ..families import Family
+from ..families import LATENT_CHANNELS, SPATIAL_COMPRESSION, Family, latent_frames, pixel_frames
+from ..video_io import frames_to_video
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["t2v", "i2v", "v2v", "inp", "control"]
 Device = torch.device | str
 Gen = torch.Generator | None
-SPATIAL = 8  # the CogVideoX VAE's spatial compression
-TEMPORAL = 4  # and its temporal compression: 4k+1 frames <-> k+1 latents
-LATENT_CHANNELS = 16
 INP_NOISE_SIGMA = 0.0563  # CogVideoX-Fun inference noise on known pixels (add_noise_in_inpaint_model)
 
 
@@ -99,11 +100,11 @@ class ConditioningPlan:
 
     @property
     def height_lat(self) -> int:
-        return self.height // SPATIAL
+        return self.height // SPATIAL_COMPRESSION
 
     @property
     def width_lat(self) -> int:
-        return self.width // SPATIAL
+        return self.width // SPATIAL_COMPRESSION
 
     @property
     def total_latent_frames(self) -> int:
@@ -116,7 +117,7 @@ class ConditioningPlan:
 
 
 @dataclass(frozen=True, eq=False)
-class Conditioning:
+class ConditioningLatents:
     """What the sampler needs besides noise and text, all in scaled latent space.
 
     ``extra``: [1, F_total, C_extra, H_lat, W_lat] concatenated after the noisy latents along
@@ -142,16 +143,15 @@ def plan_conditioning(family: Family, inputs: ConditioningInputs, frames: int | 
     """
     mode = _mode(family, inputs)
     _check_images(inputs)
-    most = None if windowed else max_window_latents(family)  # one model call's limit
-    frames = _resolve_frames(family, inputs, frames, most)
+    frames = _resolve_frames(family, inputs, frames, windowed)
     height, width = _resolve_size(family, height, width)
-    _check_frames(family, mode, frames, most)
-    _check_size(family, height, width)
+    lat = family.check_frames(frames, windowed=windowed)
+    _check_v2v_frames(family, mode, frames, lat)
+    family.check_size(height, width)
     _check_inputs_fit(mode, inputs, frames)
-    latent_frames = (frames - 1) // TEMPORAL + 1
-    padding = _padding(family, mode, latent_frames)
+    padding = 0 if mode == "v2v" else family.temporal_padding(lat)
     denoise = _check_denoise(mode, inputs.denoise)
-    return ConditioningPlan(mode, frames, height, width, latent_frames, padding, family.ofs, denoise)
+    return ConditioningPlan(mode, frames, height, width, lat, padding, family.ofs, denoise)
 
 
 def _mode(family: Family, inputs: ConditioningInputs) -> Mode:
@@ -261,83 +261,35 @@ def _source_video(inputs: ConditioningInputs) -> tuple[str, torch.Tensor] | None
 
 
 def _resolve_frames(family: Family, inputs: ConditioningInputs, frames: int | None,
-                    most: int | None) -> int:
+                    windowed: bool) -> int:
     """The request's frames; else the most 4k+1 frames of the source video the family takes
-    (a 50-frame clip gives 49; at most ``most`` latents); else the family's default."""
+    (a 50-frame clip gives 49; at most its ``max_latent_frames`` in one model call); else the
+    family's default."""
     if frames is not None:
         return int(frames)
     source = _source_video(inputs)
     if source is None:
         return family.default_frames
-    lat = (source[1].shape[0] - 1) // TEMPORAL + 1
+    lat = latent_frames(source[1].shape[0])
+    most = None if windowed else family.max_latent_frames
     lat = lat if most is None else min(lat, most)
-    logger.info("frames: %d of the %s's %d", (lat - 1) * TEMPORAL + 1, source[0], source[1].shape[0])
-    return (lat - 1) * TEMPORAL + 1
-
-
-def _fixed_size(family: Family) -> tuple[int, int] | None:
-    """A learned position table covers one size only: the trained grid (5B-I2V: 480x720)."""
-    cfg = family.transformer
-    if cfg.learned_positions:
-        return cfg.sample_height * SPATIAL, cfg.sample_width * SPATIAL
-    return family.fixed_size
+    logger.info("frames: %d of the %s's %d", pixel_frames(lat), source[0], source[1].shape[0])
+    return pixel_frames(lat)
 
 
 def _resolve_size(family: Family, height: int | None, width: int | None) -> tuple[int, int]:
-    fixed = _fixed_size(family)
-    default = fixed or (family.default_height, family.default_width)
+    default = family.fixed_size or (family.default_height, family.default_width)
     return (int(height) if height is not None else default[0],
             int(width) if width is not None else default[1])
 
 
-def _check_frames(family: Family, mode: Mode, frames: int, most: int | None) -> None:
-    if frames < 1 or (frames - 1) % TEMPORAL:
-        near = sorted({max(1, (frames - 1) // TEMPORAL * TEMPORAL + 1),
-                       ((frames - 1) // TEMPORAL + 1) * TEMPORAL + 1})
-        raise ValueError(f"frames={frames}: CogVideoX takes 4k+1 frames (1, 5, 9, ..., 49, ..., 81); "
-                         f"nearest: {' or '.join(map(str, near))}")
-    lat = (frames - 1) // TEMPORAL + 1
-    if most is not None and lat > most:
-        raise ValueError(f"frames={frames} ({lat} latent frames): {family.name} takes at most "
-                         f"{(most - 1) * TEMPORAL + 1} frames ({most} latent frames, the size of "
-                         "its position table)")
-    if family.latent_frames_even and lat % 2 and _refuses_odd(family, mode):
-        near = [(n - 1) * TEMPORAL + 1 for n in (lat - 1, lat + 1) if n > 0]
-        why = ("the Fun 1.5 models take an even latent count (8m+5 frames: 45, 53, 85)"
-               if family.conditioning == "inp" else
-               "video-to-video on 1.5 needs an even latent count (as diffusers' pipeline)")
-        raise ValueError(f"frames={frames} ({lat} latent frames) for {family.name}: {why}; "
-                         f"nearest: {' or '.join(map(str, near))}")
-
-
-def _refuses_odd(family: Family, mode: Mode) -> bool:
-    """1.5 T2V/I2V pad odd latent counts (diffusers); Fun 1.5 and V2V/control refuse them."""
-    return family.conditioning in ("inp", "control") or mode == "v2v"
-
-
-def _padding(family: Family, mode: Mode, latent_frames: int) -> int:
-    if not family.latent_frames_even or _refuses_odd(family, mode):
-        return 0
-    pt = family.transformer.patch_size_t or 1
-    return (pt - latent_frames % pt) % pt
-
-
-def _check_size(family: Family, height: int, width: int) -> None:
-    unit = SPATIAL * family.transformer.patch_size
-    for name, value in (("height", height), ("width", width)):
-        if value < unit or value % unit:
-            raise ValueError(f"{name}={value}: must be a positive multiple of {unit} pixels "
-                             f"(VAE 8x, patch {family.transformer.patch_size})")
-    fixed = _fixed_size(family)
-    if fixed is not None and (height, width) != fixed:
-        raise ValueError(f"height x width={height}x{width}: {family.name} takes only "
-                         f"{fixed[0]}x{fixed[1]} (its learned position table covers that size)")
-    cfg = family.transformer
-    if cfg.positions == "rope_slice":
-        top = (cfg.sample_height * SPATIAL, cfg.sample_width * SPATIAL)
-        if height > top[0] or width > top[1]:
-            raise ValueError(f"height x width={height}x{width}: {family.name} takes at most "
-                             f"{top[0]}x{top[1]} (its RoPE table)")
+def _check_v2v_frames(family: Family, mode: Mode, frames: int, lat: int) -> None:
+    """1.5 T2V/I2V pad an odd latent count with noise; video-to-video has no noise to pad the
+    source latents with and takes an even count (as diffusers' pipeline)."""
+    if mode == "v2v" and family.latent_frames_even and lat % 2:
+        raise ValueError(f"frames={frames} ({lat} latent frames) for {family.name}: video-to-video "
+                         "on 1.5 needs an even latent count (as diffusers' pipeline); nearest: "
+                         f"{family.nearest_even(lat)}")
 
 
 def _check_inputs_fit(mode: Mode, inputs: ConditioningInputs, frames: int) -> None:
@@ -372,10 +324,10 @@ def to_pixels(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     Another size is centre-cropped to the target aspect ratio, then resized (bilinear,
     antialiased); the target size passes through untouched.
     """
-    x = frames[..., :3].float().permute(0, 3, 1, 2)  # [F, 3, H, W]
-    if tuple(x.shape[-2:]) != (height, width):
-        x = _crop_resize(x, height, width)
-    return (2.0 * x - 1.0).permute(1, 0, 2, 3)[None]  # [1, 3, F, H, W]
+    if tuple(frames.shape[1:3]) != (height, width):
+        x = _crop_resize(frames[..., :3].float().permute(0, 3, 1, 2), height, width)  # [F, 3, h, w]
+        frames = x.permute(0, 2, 3, 1)  # [F, height, width, 3]
+    return frames_to_video(frames)  # [1, 3, F, H, W]
 
 
 def _crop_resize(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -481,15 +433,15 @@ def build_conditioning(plan: ConditioningPlan, inputs: ConditioningInputs, famil
                        vae: Encoder | None, generator: torch.Generator, *,
                        aug_generator: torch.Generator | None = None,
                        dtype: torch.dtype = torch.float32,
-                       device: torch.device | str = "cpu") -> Conditioning:
+                       device: torch.device | str = "cpu") -> ConditioningLatents:
     """Encode what ``plan`` needs. I2V and V2V draw their posterior samples from ``generator``
     (call this before drawing the initial noise, as the pipelines do); the Fun InP known-pixel
     noise comes from ``aug_generator``, so the initial noise is the same as without it."""
     if plan.mode == "t2v" and family.conditioning != "inp":
-        return Conditioning(plan)
+        return ConditioningLatents(plan)
     if plan.mode == "t2v":
         shape = (1, plan.total_latent_frames, 1 + plan.channels, plan.height_lat, plan.width_lat)
-        return Conditioning(plan, extra=torch.zeros(shape, dtype=dtype, device=device))
+        return ConditioningLatents(plan, extra=torch.zeros(shape, dtype=dtype, device=device))
     if vae is None:
         raise ValueError(f"vae=None: the {plan.mode} conditioning encodes pixels and needs the VAE")
     build = {"i2v": _build_i2v, "v2v": _build_v2v, "inp": _build_inp, "control": _build_control}[plan.mode]
@@ -503,39 +455,40 @@ def _cast(x: torch.Tensor | None, dtype: torch.dtype, device: torch.device | str
 
 
 def _build_i2v(plan: ConditioningPlan, inputs: ConditioningInputs, family: Family, vae: Encoder,
-               generator: torch.Generator, aug: Gen, device: Device) -> Conditioning:
+               generator: torch.Generator, aug: Gen, device: Device) -> ConditioningLatents:
     image = to_pixels(inputs.image[:1], plan.height, plan.width).to(device)  # type: ignore[index]
     z = _latents(vae, image, generator, sample=True)  # [1, 1, C, h, w]
     s = family.vae_scaling_factor
     z = (1 / s) * z if family.invert_scale_latents else s * z  # diffusers' exact expressions
     zeros = z.new_zeros(1, plan.total_latent_frames - 1, *z.shape[2:])
-    return Conditioning(plan, extra=torch.cat([z, zeros], dim=1))  # [1, F_total, C, h, w]
+    return ConditioningLatents(plan, extra=torch.cat([z, zeros], dim=1))  # [1, F_total, C, h, w]
 
 
 def _build_v2v(plan: ConditioningPlan, inputs: ConditioningInputs, family: Family, vae: Encoder,
-               generator: torch.Generator, aug: Gen, device: Device) -> Conditioning:
+               generator: torch.Generator, aug: Gen, device: Device) -> ConditioningLatents:
     video = to_pixels(inputs.video[:plan.frames], plan.height, plan.width).to(device)  # type: ignore[index]
     z = family.vae_scaling_factor * _latents(vae, video, generator, sample=True)
-    return Conditioning(plan, init_latents=z)
+    return ConditioningLatents(plan, init_latents=z)
 
 
 def _build_control(plan: ConditioningPlan, inputs: ConditioningInputs, family: Family, vae: Encoder,
-                   generator: torch.Generator, aug: Gen, device: Device) -> Conditioning:
+                   generator: torch.Generator, aug: Gen, device: Device) -> ConditioningLatents:
     video = to_pixels(inputs.control[:plan.frames], plan.height, plan.width).to(device)  # type: ignore[index]
-    return Conditioning(plan, extra=family.vae_scaling_factor * _latents(vae, video, None, sample=False))
+    z = family.vae_scaling_factor * _latents(vae, video, None, sample=False)
+    return ConditioningLatents(plan, extra=z)
 
 
 def _build_inp(plan: ConditioningPlan, inputs: ConditioningInputs, family: Family, vae: Encoder,
-               generator: torch.Generator, aug: Gen, device: Device) -> Conditioning:
+               generator: torch.Generator, aug: Gen, device: Device) -> ConditioningLatents:
     video, mask = _inp_pixels(inputs, plan)
     sigma = _inp_noise_sigma(family, inputs)
     pixels = masked_video(video, mask, sigma, aug).to(device)
     s = family.vae_scaling_factor
     z = s * _latents(vae, pixels, None, sample=False)  # [1, F_lat, 16, h, w]
     m = inp_mask_channel(mask, plan.latent_frames, plan.height_lat, plan.width_lat, s)
-    return Conditioning(plan, extra=torch.cat([m.to(z), z], dim=2))  # [1, F_lat, 17, h, w]
+    return ConditioningLatents(plan, extra=torch.cat([m.to(z), z], dim=2))  # [1, F_lat, 17, h, w]
 
 
-__all__ = ["Mode", "ConditioningInputs", "ConditioningPlan", "Conditioning", "plan_conditioning",
+__all__ = ["Mode", "ConditioningInputs", "ConditioningPlan", "ConditioningLatents", "plan_conditioning",
            "build_conditioning", "to_pixels", "to_mask", "known_frames_mask", "inp_mask_channel",
            "masked_video", "INP_NOISE_SIGMA"]

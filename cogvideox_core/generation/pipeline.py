@@ -8,10 +8,11 @@ The same numbers as diffusers' CogVideoX pipelines (``CogVideoXPipeline``,
   I2V/V2V posterior sample, then the initial noise [1, F_lat, C, H_lat, W_lat] (in the
   transformer's dtype, times ``init_noise_sigma`` = 1), then the stochastic sampler's noise;
 - the transformer sees [noisy latents | conditioning channels] along channels, int timesteps,
-  the T5 states, and ofs for 1.5-I2V; CFG is [uncond, cond] in one batch or two calls;
+  the T5 states (``text_states``), and ofs for 1.5-I2V; CFG is [uncond, cond] in one batch or
+  two calls;
 - 1.5 odd latent counts: ``padding`` latents of noise in front, dropped after sampling;
 - the final latents times ``1 / vae_scaling_factor`` are decoded and mapped to 0..1 by
-  ``(x / 2 + 0.5).clamp(0, 1)``.
+  ``(x / 2 + 0.5).clamp(0, 1)`` (:func:`~cogvideox_core.video_io.video_to_frames`).
 
 Latents inside the sampler are scaled (times the family's VAE scale); the latents this module
 hands out (:func:`generate_latents`) are unscaled VAE space [1, C, F_lat, H_lat, W_lat], the
@@ -43,20 +44,20 @@ from typing import Any, Callable
 
 import torch
 
-from .conditioning import (Conditioning, ConditioningInputs, ConditioningPlan, build_conditioning,
+from .conditioning import (ConditioningInputs, ConditioningLatents, ConditioningPlan, build_conditioning,
                            plan_conditioning)
 from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
 from ..families import Family
 from ..runtime import Runtime, TorchRuntime, call_progress
-from ..sampling import (DYNAMIC_MODES, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
+from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
 from ..sampling.schedules import Schedule
 from ..vae.tiling import TiledEncoder, decode_memory, no_progress, tiled_decode
 from ..vae.model import CogVideoXVAE
+from ..video_io import video_to_frames
 
 logger = logging.getLogger(__name__)
 
-ModelFn = Callable[[torch.Tensor, int, torch.Tensor], torch.Tensor]  # (x, t, text) -> v
 CallFn = Callable[[torch.Tensor, int, torch.Tensor, torch.Tensor | None], torch.Tensor]  # + extra
 
 
@@ -204,7 +205,7 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
 
 
 def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime,
-                      plan: ConditioningPlan, generator: torch.Generator) -> Conditioning:
+                      plan: ConditioningPlan, generator: torch.Generator) -> ConditioningLatents:
     """Encode the conditioning inputs (I2V/V2V draw from ``generator`` here, before the noise;
     the VAE is loaded, with room for the pass, only when there is something to encode).
     The Fun InP known-pixel noise uses its own generator seeded with ``seed + 1``."""
@@ -215,7 +216,7 @@ def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime
                               device=runtime.device)
 
 
-def initial_latents(conditioning: Conditioning, schedule: Schedule, generator: torch.Generator,
+def initial_latents(conditioning: ConditioningLatents, schedule: Schedule, generator: torch.Generator,
                     dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Noise [1, F_total, C, h, w] from ``generator`` on the CPU (diffusers' ``randn_tensor``);
     V2V: the start latents noised to the schedule's first timestep."""
@@ -227,19 +228,19 @@ def initial_latents(conditioning: Conditioning, schedule: Schedule, generator: t
 
 
 def model_call(model: torch.nn.Module, ofs: float | None) -> CallFn:
-    """``fn(x, t, context, extra) -> v``: x [B, F, C, h, w] with ``extra`` [B, F, C_e, h, w]
-    concatenated along channels, timestep ``t`` for every batch entry."""
+    """``fn(x, t, text, extra) -> v``: x [B, F, C, h, w] with ``extra`` [B, F, C_e, h, w]
+    concatenated along channels, timestep ``t`` for every batch entry, T5 states ``text``."""
 
-    def call(x: torch.Tensor, t: int, context: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
+    def call(x: torch.Tensor, t: int, text: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         if extra is not None:
             x = torch.cat([x, extra.to(x.dtype)], dim=2)  # [B, F, C + C_e, h, w]
         timestep = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
-        return model(x, timestep, context, ofs=ofs)
+        return model(x, timestep, text, ofs=ofs)
 
     return call
 
 
-def make_model_fn(models: Models, conditioning: Conditioning, context: LatentContext | None,
+def make_model_fn(models: Models, conditioning: ConditioningLatents, context: LatentContext | None,
                   schedule: Schedule) -> ModelFn:
     """``model_fn(x, t, text)`` for :func:`~cogvideox_core.sampling.cfg_denoiser`, windowed
     when ``context`` is given (conditioning sliced with the windows, see the module doc; a
@@ -267,7 +268,7 @@ def make_model_fn(models: Models, conditioning: Conditioning, context: LatentCon
     return windowed
 
 
-def make_denoiser(models: Models, conditioning: Conditioning, cond: torch.Tensor,
+def make_denoiser(models: Models, conditioning: ConditioningLatents, cond: torch.Tensor,
                   uncond: torch.Tensor | None, request: GenerateRequest, schedule: Schedule):
     """The guided ``denoise(x, t) -> v`` (float32) the samplers call."""
     context = None if request.context is None else request.context.to_latent(models.family)
@@ -318,7 +319,7 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
     if models.vae is None:
         raise ValueError("vae=None: decoding latents to frames needs the VAE")
     video = decode_latents(models.vae, latents, runtime)  # [1, 3, F, H, W]
-    out = (video / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 3, 0).float()  # [F, H, W, 3]
+    out = video_to_frames(video)  # [F, H, W, 3]
     if frames is not None:
         out = out[:frames]
     return out.to(runtime.intermediate_device)

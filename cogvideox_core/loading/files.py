@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 COMPONENTS: tuple[str, ...] = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 
-DTYPES: dict[str, torch.dtype] = {
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {  # the header's dtype names
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2, "I64": torch.int64,
     "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
@@ -44,6 +44,7 @@ _ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1
 _MAX_HEADER = 256 * 2**20  # a header is JSON for a few thousand tensors: tens of kB to a few MB
 _PICKLES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")  # either makes a T5 tokenizer folder
+SCHEDULER_FILE = Path("scheduler") / "scheduler_config.json"  # in a diffusers model root
 _SHARD = re.compile(r"-(\d{5})-of-(\d{5})\.safetensors$")
 _PREFERRED = ("diffusion_pytorch_model", "model")
 _VARIANTS = ("", ".bf16", ".fp16", ".fp32")
@@ -272,10 +273,24 @@ def _components_in_root(root: Path) -> dict[str, Component]:
     tok = root / "tokenizer"
     if tok.is_dir() and any((tok / f).is_file() for f in TOKENIZER_FILES):
         found["tokenizer"] = Component("tokenizer", tuple(sorted(p for p in tok.iterdir() if p.is_file())))
-    sched = root / "scheduler" / "scheduler_config.json"
+    sched = root / SCHEDULER_FILE
     if sched.is_file():
         found["scheduler"] = Component("scheduler", (sched,), config=_read_json(sched))
     return found
+
+
+def find_scheduler_file(path: str | Path) -> Path | None:
+    """The ``scheduler/scheduler_config.json`` of the diffusers model ``path`` belongs to, or None.
+
+    One rule: ``path`` is the model root (``path/scheduler/``), or a component folder or file
+    inside it (``path/../scheduler/``: ``transformer/``, or a single ``.safetensors`` file beside
+    ``scheduler/``). Nothing further up is searched.
+    """
+    path = Path(path).expanduser()
+    for root in (path, path.parent):
+        if (root / SCHEDULER_FILE).is_file():
+            return root / SCHEDULER_FILE
+    return None
 
 
 def _components_in_folder(folder: Path) -> dict[str, Component]:
@@ -359,6 +374,7 @@ def describe_keys(keys: Iterable[str]) -> str:
     return f"it holds {len(keys)} tensors{looks} (e.g. {examples})"
 
 
-__all__ = ["COMPONENTS", "DTYPES", "TOKENIZER_FILES", "TensorEntry", "TensorIndex", "Component",
+__all__ = ["COMPONENTS", "SAFETENSORS_DTYPES", "TOKENIZER_FILES", "SCHEDULER_FILE", "find_scheduler_file",
+           "TensorEntry", "TensorIndex", "Component",
            "read_header", "read_into", "index_files", "index_shapes", "weight_files", "locate",
            "is_model_root", "describe_keys"]

@@ -48,11 +48,12 @@ from torch import nn
 from ..errors import WeightsError
 from ..families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
                        detect_transformer_config, get_family)
-from .keymaps import Found, Plan, Source, find_transformer, split_scales, t5_plan, transformer_plan, vae_plan
+from .keymaps import Plan, Source, split_scales, t5_plan, transformer_plan, vae_plan
 from ..ops import AttentionFn, Ops, cast_ops, default_ops, sdpa_attention
-from .files import (COMPONENTS, DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
-                           index_files, index_shapes, is_model_root, locate, read_header, read_into,
-                           weight_files)
+from .files import (COMPONENTS, SAFETENSORS_DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
+                    find_scheduler_file, index_files, index_shapes, is_model_root, locate, read_header,
+                    read_into, weight_files)
+from ..sampling.schedules import SchedulerConfig
 
 if TYPE_CHECKING:
     from ..models.transformer import CogVideoXTransformer
@@ -61,8 +62,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 STAGE_BYTES = 8 * 2**20  # the staging buffer converted tensors pass through
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
-COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# The dtypes a model computes in and the fp8 storage dtypes, by the names users pick them by.
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+FP8_DTYPES: dict[str, torch.dtype] = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # Transformer weights that fp8 storage applies to (see the module docstring).
 FP8_TRANSFORMER_KEYS = re.compile(
     r"^transformer_blocks\.\d+\.(attn1\.to_(q|k|v|out\.0)|ff\.net\.(0\.proj|2))\.weight$")
@@ -154,23 +156,6 @@ def plan_shapes(plan: Mapping[str, Source], shapes: Mapping[str, Sequence[int]],
                                f"{src.chunks} equal parts along dim 0")
         out[target] = src.shape(stored)
     return out
-
-
-def detect_transformer(shapes: Mapping[str, Sequence[int]], config: Mapping[str, object] | None = None,
-                       family: str | None = None, where: str = "weights"
-                       ) -> tuple[str, TransformerConfig, Found]:
-    """Family name, config and key layout of the transformer in ``shapes`` (stored key ->
-    shape, any supported layout). ``config`` is a folder's ``config.json``; ``family`` overrides
-    the detected name and, without a config, also says RoPE or not (2B vs 5B class), which a
-    tiny test width cannot show."""
-    found = find_transformer(shapes)
-    if found is None:
-        raise WeightsError(f"{where}: not a CogVideoX transformer: no 'patch_embed.proj.weight' beside "
-                           "'transformer_blocks.0' (diffusers), 'blocks.0.q' (ComfyUI) or 'mixins.' "
-                           f"(SAT) keys; {describe_keys(shapes)}")
-    plan, _ = split_scales(transformer_plan(shapes, found)[0])
-    name, cfg = _detect(plan_shapes(plan, shapes, where), config, family, where)
-    return name, cfg, found
 
 
 def detect_family(comp: Component, family: str | None = None,
@@ -266,7 +251,7 @@ def _read_raw(keys: Collection[str], index: TensorIndex) -> dict[str, torch.Tens
     """Tensors as stored (dtype, CPU)."""
     if not keys:
         return {}
-    return read_plan({k: Source(k) for k in keys}, index, lambda k: DTYPES[index[k].dtype])
+    return read_plan({k: Source(k) for k in keys}, index, lambda k: SAFETENSORS_DTYPES[index[k].dtype])
 
 
 def read_source(f: BinaryIO, entry: TensorEntry, src: Source, dtype: torch.dtype,
@@ -280,7 +265,7 @@ def read_source(f: BinaryIO, entry: TensorEntry, src: Source, dtype: torch.dtype
     stage. SAT's fused tensors read just the byte ranges of the parts they ``pick``.
     """
     out = torch.empty(src.shape(entry.shape), dtype=dtype, device=device)
-    stored = DTYPES[entry.dtype]
+    stored = SAFETENSORS_DTYPES[entry.dtype]
     part = entry.nbytes // src.chunks  # dim-0 parts of a row-major tensor are byte ranges
     ranges = [(entry.offset + i * part, part) for i in src.pick]
     flat = out.view(-1)
@@ -314,10 +299,10 @@ def storage_dtypes(dtype: torch.dtype, weight_dtype: torch.dtype | None,
 
 def check_dtypes(dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
     """``ValueError`` unless ``dtype`` is a compute dtype and ``weight_dtype`` None or fp8."""
-    if dtype not in COMPUTE_DTYPES:
+    if dtype not in COMPUTE_DTYPES.values():
         raise ValueError(f"dtype={dtype} must be one of float32, bfloat16, float16 (the compute "
                          "dtype); fp8 storage is weight_dtype=torch.float8_e4m3fn")
-    if weight_dtype is not None and weight_dtype not in FP8_DTYPES + (dtype,):
+    if weight_dtype is not None and weight_dtype not in (*FP8_DTYPES.values(), dtype):
         raise ValueError(f"weight_dtype={weight_dtype} must be None, {dtype} or an fp8 dtype "
                          "(torch.float8_e4m3fn, torch.float8_e5m2)")
 
@@ -384,7 +369,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     plan = component_plan(comp)
     name, cfg = detect_family(comp, family, plan)
     dtype_for = storage_dtypes(dtype, weight_dtype, FP8_TRANSFORMER_KEYS)
-    _warn_precision(name, dtype, comp)
+    _warn_precision(get_family(name), dtype, comp)
     if ops is None:
         ops = cast_ops if weight_dtype not in (None, dtype) else default_ops
     model = CogVideoXTransformer(cfg, ops=ops, dtype=dtype, device="meta",
@@ -409,6 +394,15 @@ def load_vae(path: str | Path, dtype: torch.dtype = torch.bfloat16, device: torc
     return model
 
 
+def load_scheduler_config(path: str | Path) -> SchedulerConfig | None:
+    """The shipped scheduler config of the model at ``path`` (found by
+    :func:`~cogvideox_core.loading.files.find_scheduler_file`: ``path`` or the folder holding it
+    is the diffusers root), or None: then the family's values apply
+    (:meth:`~cogvideox_core.generation.pipeline.Models.scheduler_config`)."""
+    found = find_scheduler_file(path)
+    return None if found is None else SchedulerConfig.from_json(found)
+
+
 def read_state_dict(path: str | Path, dtype: torch.dtype | None = None,
                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Every tensor of a ``.safetensors`` file (or a folder's weight files) under its own key,
@@ -417,13 +411,13 @@ def read_state_dict(path: str | Path, dtype: torch.dtype | None = None,
     files = weight_files(path) if path.is_dir() else [path]
     index = index_files(files)
     plan = {k: Source(k) for k in index}
-    return read_plan(plan, index, lambda k: dtype or DTYPES[index[k].dtype], device)
+    return read_plan(plan, index, lambda k: dtype or SAFETENSORS_DTYPES[index[k].dtype], device)
 
 
-def _warn_precision(name: str, dtype: torch.dtype, comp: Component) -> None:
-    if dtype == torch.float16 and not name.startswith(("2b", "fun-2b")):
+def _warn_precision(family: Family, dtype: torch.dtype, comp: Component) -> None:
+    if dtype == torch.float16 and family.bf16_trained:
         logger.warning("%s: the %s weights are bf16-trained; float16 gives NaN or black video: "
-                       "use bfloat16", comp.location, name)
+                       "use bfloat16", comp.location, family.name)
     stored = set(comp.dtypes())
     if stored & {"F8_E4M3", "F8_E5M2"}:
         logger.info("%s: stored in fp8; weights are upcast to %s unless weight_dtype is fp8",
@@ -445,6 +439,7 @@ def model_bytes(model: nn.Module) -> int:
 
 
 __all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "plan_shapes",
-           "detect_transformer", "detect_family", "vae_config", "vae_config_from_shapes", "read_plan",
+           "detect_family", "vae_config", "vae_config_from_shapes", "read_plan",
            "read_source", "storage_dtypes", "check_dtypes", "load_module", "load_transformer", "load_vae",
+           "load_scheduler_config", "COMPUTE_DTYPES", "FP8_DTYPES",
            "read_state_dict", "model_bytes", "FP8_TRANSFORMER_KEYS"]

@@ -36,14 +36,18 @@ Odd latent frame counts with the 1.5 families (pt = 2) are refused by :meth:`che
 rather than padded inside the model: the diffusers pipelines pad the *noise* with
 ``pt - F % pt`` extra latents in front, denoise them with the rest and drop them after the
 last step, so the padding frame is part of the sampler state, not something the model could
-add and remove per call without changing the result. :func:`temporal_padding` says how many
-frames a caller must prepend.
+add and remove per call without changing the result.
+:meth:`~cogvideox_core.families.TransformerConfig.temporal_padding` says how many frames a
+caller must prepend. The limits of the positional tables (Fun-2B's frames, 5B-I2V's size, the
+1.5 RoPE grid) are the config's (:mod:`cogvideox_core.families`); this model only enforces them.
 
 Tables are built in float64 (sincos), float32 (Fun resized table, RoPE) and cast to the
 activations' dtype where diffusers casts them; the last table of each kind is cached per
 (grid, device, dtype) and dropped when the model is moved or cast.
 
-``ofs`` (1.5-I2V only) defaults to 2.0, the value every diffusers 1.5-I2V pipeline passes.
+``ofs`` (1.5-I2V only) defaults to 2.0 (``config.default_ofs``), the value every diffusers 1.5-I2V
+pipeline passes. The T5 states are ``text_states`` [B, L, text_dim] (diffusers'
+``encoder_hidden_states``).
 """
 from __future__ import annotations
 
@@ -53,29 +57,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..families import TransformerConfig
+from ..families import SPATIAL_COMPRESSION, TransformerConfig, pixel_frames
 from ..ops import AttentionFn, Ops, default_ops, sdpa_attention
 from .positions import (Grid, apply_rope, rope_3d, rope_positions_linspace, rope_positions_slice,
                         sincos_3d, sincos_resized, timestep_embedding)
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OFS = 2.0  # diffusers CogVideoXImageToVideoPipeline: latents.new_full((1,), 2.0)
 QK_NORM_EPS = 1e-6  # diffusers CogVideoXBlock: Attention(..., eps=1e-6)
 
 Rope = tuple[torch.Tensor, torch.Tensor]
 Device = torch.device | str | None
 DType = torch.dtype | None
-
-
-def temporal_padding(config: TransformerConfig, frames_lat: int) -> int:
-    """Latent frames to prepend so that ``frames_lat`` fits the temporal patch (0 for 1.0).
-
-    diffusers' 1.5 pipelines add ``pt - F % pt`` frames of noise in front of the latents,
-    denoise them with the rest and drop them before decoding (21 latents -> 22).
-    """
-    pt = config.patch_size_t or 1
-    return (pt - frames_lat % pt) % pt
 
 
 def _check_config(config: TransformerConfig) -> None:
@@ -126,8 +119,8 @@ class _PatchEmbed(nn.Module):
             table = torch.empty(1, rows, d, dtype=dtype, device=device)  # loaded from weights
             self.register_buffer("pos_embedding", table, persistent=True)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        text = self.text_proj(context)  # [B, L, D]
+    def forward(self, x: torch.Tensor, text_states: torch.Tensor) -> torch.Tensor:
+        text = self.text_proj(text_states)  # [B, L, D]
         video = self._patchify(x)  # [B, N, D]
         return torch.cat([text, video], dim=1).contiguous()  # [B, L + N, D]
 
@@ -311,7 +304,7 @@ class CogVideoXTransformer(nn.Module):
         for name, value in (("height_lat", height_lat), ("width_lat", width_lat)):
             if value % p:
                 raise ValueError(f"{name}={value} must be a multiple of the patch size {p} "
-                                 f"(pixel sizes a multiple of {8 * p})")
+                                 f"(pixel sizes a multiple of {SPATIAL_COMPRESSION * p})")
         self._check_frames(frames_lat)
         self._check_grid(height_lat, width_lat)
         if self._additive and text_len != cfg.max_text_len:
@@ -323,28 +316,27 @@ class CogVideoXTransformer(nn.Module):
         pt = cfg.patch_size_t or 1
         if frames_lat % pt:
             raise ValueError(f"frames_lat={frames_lat} must be a multiple of patch_size_t={pt}: "
-                             f"prepend {temporal_padding(cfg, frames_lat)} latent frame(s) and drop "
+                             f"prepend {cfg.temporal_padding(frames_lat)} latent frame(s) and drop "
                              "them after sampling, as the diffusers CogVideoX 1.5 pipelines do")
-        limit = cfg.sample_latent_frames
-        if cfg.positions == "sincos_resized" and frames_lat > limit:
+        limit = cfg.max_latent_frames
+        if limit is not None and frames_lat > limit:
             raise ValueError(f"frames_lat={frames_lat} exceeds {limit}: the resized sincos table of "
                              f"this model (CogVideoX-Fun 2B) has {limit} latent frames "
                              f"({cfg.sample_frames} pixel frames)")
 
     def _check_grid(self, height_lat: int, width_lat: int) -> None:
-        cfg = self.config
-        if cfg.learned_positions and (height_lat, width_lat) != (cfg.sample_height, cfg.sample_width):
+        cfg, s = self.config, SPATIAL_COMPRESSION
+        fixed, top = cfg.fixed_latent_size, cfg.max_latent_size
+        if fixed is not None and (height_lat, width_lat) != fixed:
             raise ValueError(f"height_lat x width_lat={height_lat}x{width_lat} must be "
-                             f"{cfg.sample_height}x{cfg.sample_width}: the learned positional table "
-                             "only covers the trained size "
-                             f"({8 * cfg.sample_height}x{8 * cfg.sample_width} px)")
-        if cfg.positions == "rope_slice":
-            for name, value, sample in (("height_lat", height_lat, cfg.sample_height),
-                                        ("width_lat", width_lat, cfg.sample_width)):
-                if value > sample:
-                    raise ValueError(f"{name}={value} exceeds {sample}: the RoPE table of the "
-                                     f"CogVideoX 1.5 families has {sample // cfg.patch_size} "
-                                     f"positions per axis ({8 * sample} px)")
+                             f"{fixed[0]}x{fixed[1]}: the learned positional table "
+                             f"only covers the trained size ({s * fixed[0]}x{s * fixed[1]} px)")
+        if top is not None:
+            for name, value, most in (("height_lat", height_lat, top[0]), ("width_lat", width_lat, top[1])):
+                if value > most:
+                    raise ValueError(f"{name}={value} exceeds {most}: the RoPE table of the "
+                                     f"CogVideoX 1.5 families has {most // cfg.patch_size} "
+                                     f"positions per axis ({s * most} px)")
 
     @property
     def _additive(self) -> bool:
@@ -353,15 +345,16 @@ class CogVideoXTransformer(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, text_states: torch.Tensor,
                 ofs: torch.Tensor | None = None) -> torch.Tensor:
         """v-prediction [B, F, C_out, H, W] for latents x [B, F, C_in, H, W], timesteps [B]
-        (0..999, float or int; a single value is broadcast) and T5 states context [B, L, text_dim]."""
-        b, f, _, h, w = self._check_tensors(x, context)
-        self.check_input(f, h, w, context.shape[1])
+        (0..999, float or int; a single value is broadcast) and T5 states ``text_states``
+        [B, L, text_dim]."""
+        b, f, _, h, w = self._check_tensors(x, text_states)
+        self.check_input(f, h, w, text_states.shape[1])
         temb = self._time_embedding(timestep, ofs, b, x)  # [B, time_dim]
-        tokens = self._add_positions(self.patch_embed(x, context), f, h, w)  # [B, L+N, D]
-        n = context.shape[1]
+        tokens = self._add_positions(self.patch_embed(x, text_states), f, h, w)  # [B, L+N, D]
+        n = text_states.shape[1]
         text, video = tokens[:, :n], tokens[:, n:]  # [B, L, D], [B, N, D]
         rope = self._rope(self._grid(f, h, w), x.device)
         for block in self.transformer_blocks:
@@ -369,14 +362,15 @@ class CogVideoXTransformer(nn.Module):
         video = self.norm_out(self.norm_final(video), temb)  # [B, N, D]
         return self._unpatchify(self.proj_out(video), b, f, h, w)
 
-    def _check_tensors(self, x: torch.Tensor, context: torch.Tensor) -> tuple[int, ...]:
+    def _check_tensors(self, x: torch.Tensor, text_states: torch.Tensor) -> tuple[int, ...]:
         cfg = self.config
         if x.ndim != 5 or x.shape[2] != cfg.in_channels:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected [B, F, {cfg.in_channels}, H, W] "
                              "(frames before channels)")
-        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.text_dim:
-            raise ValueError(f"context has shape {tuple(context.shape)}; expected "
-                             f"[{x.shape[0]}, L, {cfg.text_dim}]")
+        t = text_states
+        if t.ndim != 3 or t.shape[0] != x.shape[0] or t.shape[2] != cfg.text_dim:
+            raise ValueError(f"text_states has shape {tuple(t.shape)}; expected "
+                             f"[{x.shape[0]}, L, {cfg.text_dim}] (T5 states)")
         return tuple(x.shape)
 
     def _time_embedding(self, timestep: torch.Tensor | float, ofs: torch.Tensor | float | None,
@@ -392,7 +386,7 @@ class CogVideoXTransformer(nn.Module):
                                  "(only 1.5-I2V has one)")
             return emb
         # a single ofs stays [1] and its embedding broadcasts over the batch, as in diffusers
-        o = _per_batch("ofs", DEFAULT_OFS if ofs is None else ofs, batch, x.device, expand=False)
+        o = _per_batch("ofs", cfg.default_ofs if ofs is None else ofs, batch, x.device, expand=False)
         o = timestep_embedding(o, cfg.ofs_embed_dim, cfg.flip_sin_to_cos, cfg.freq_shift)  # [1|B, ofs]
         return emb + self.ofs_embedding(o.to(x.dtype))
 
@@ -427,7 +421,7 @@ class CogVideoXTransformer(nn.Module):
         if not self._additive:
             return tokens
         cfg = self.config
-        if cfg.learned_positions and (f - 1) * cfg.temporal_compression + 1 == cfg.sample_frames:
+        if cfg.learned_positions and pixel_frames(f, cfg.temporal_compression) == cfg.sample_frames:
             return tokens + self.patch_embed.pos_embedding.to(tokens)
         if cfg.learned_positions:
             self._warn_learned_fallback(f)
@@ -484,4 +478,4 @@ def _per_batch(name: str, value: torch.Tensor | float, batch: int, device: torch
     return t
 
 
-__all__ = ["CogVideoXTransformer", "temporal_padding", "DEFAULT_OFS"]
+__all__ = ["CogVideoXTransformer"]

@@ -73,8 +73,9 @@ class SchedulerConfig:
 
     @classmethod
     def from_json(cls, source: str | os.PathLike[str] | Mapping[str, Any]) -> "SchedulerConfig":
-        """Read a diffusers scheduler config: a dict, a json file, a ``scheduler/`` folder or a
-        model folder holding one. Unknown keys are logged as warnings and not used."""
+        """Read a diffusers scheduler config: a dict or a ``scheduler_config.json`` file. Unknown
+        keys are logged as warnings and not used. (Which file belongs to a model:
+        :func:`cogvideox_core.loading.files.find_scheduler_file`.)"""
         cfg = dict(source) if isinstance(source, Mapping) else _read_config(Path(source))
         names = {f.name for f in dataclasses.fields(cls)}
         cls_name = cfg.get("_class_name")
@@ -95,12 +96,10 @@ def _check_choice(name: str, value: object, known: Sequence[str]) -> None:
 
 
 def _read_config(path: Path) -> dict[str, Any]:
-    for candidate in (path, path / CONFIG_FILE, path / "scheduler" / CONFIG_FILE):
-        if candidate.is_file():
-            with open(candidate, encoding="utf-8") as f:
-                return json.load(f)
-    raise ValueError(f"source={str(path)!r} is neither a {CONFIG_FILE} file nor a folder holding one "
-                     f"(directly or in scheduler/)")
+    if not path.is_file():
+        raise ValueError(f"source={str(path)!r} is not a {CONFIG_FILE} file")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _betas(config: SchedulerConfig) -> torch.Tensor:

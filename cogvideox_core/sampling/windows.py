@@ -11,7 +11,8 @@ Three pure pieces and one small runner, as ComfyUI's ``comfy/context_windows.py`
 - :func:`run_windows` calls a denoiser per window (or per batch of windows) and blends.
 
 Users think in pixel frames; :class:`ContextOptions` holds pixel lengths and converts them, with
-the family's rules, to a :class:`LatentContext` in latent frames (what the sampler uses).
+the family's rules (:mod:`cogvideox_core.families`), to a :class:`LatentContext` in latent frames
+(what the sampler uses).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..families import Family
+from ..families import Family, latent_frames, pixel_frames
 
 logger = logging.getLogger(__name__)
 
@@ -31,40 +32,17 @@ WeightsFn = Callable[[int, int, int], torch.Tensor]
 DenoiseFn = Callable[[torch.Tensor, list[list[int]]], torch.Tensor]
 
 
-# --- pixel <-> latent frames and the family rules ---------------------------------------------
-
-def pixel_to_latent_frames(frames: int, temporal_compression: int = 4) -> int:
-    """Latent frames for ``frames`` pixel frames: ``(F - 1) // 4 + 1`` (49 -> 13), and 0 -> 0.
-
-    The causal VAE turns 4k+1 pixel frames into k+1 latents. The same rule converts the overlap
-    (as ComfyUI's Wan context-window node does), so an overlap of 0 stays 0 and 1..4 pixel frames
-    become one latent.
-    """
-    return (frames - 1) // temporal_compression + 1 if frames > 0 else 0
-
-
-def latent_to_pixel_frames(latents: int, temporal_compression: int = 4) -> int:
-    """Pixel frames that ``latents`` latent frames decode to: ``4 (n - 1) + 1`` (13 -> 49)."""
-    return (latents - 1) * temporal_compression + 1 if latents > 0 else 0
-
-
-def max_window_latents(family: Family) -> int | None:
-    """The most latent frames one window may have, or None: Fun-2B's resized sincos table covers
-    the frames of its trained grid (13 for the released weights), whatever the video's length."""
-    cfg = family.transformer
-    if cfg.positions == "sincos_resized":
-        return cfg.sample_latent_frames
-    return family.max_latent_frames
-
+# --- the family rules --------------------------------------------------------------------------
 
 def check_window_length(length: int, family: Family, frames: int | None = None) -> None:
     """Raise ``ValueError`` if ``family``'s transformer cannot take a window of ``length`` latents.
 
     Every window of a schedule has this length and gets positional tables built for it, so the
     length must be one the family accepts: exactly the learned table's frames for 5B-I2V (the
-    table is a fixed weight), at most :func:`max_window_latents` for Fun-2B (its resized sincos
-    table covers 13), an even count for the 1.5 families (time is patched by 2; windows are not
-    padded). ``frames`` is the pixel value the user gave, for the message.
+    table is a fixed weight), at most :attr:`~cogvideox_core.families.Family.max_latent_frames`
+    for Fun-2B (its resized sincos table covers 13), an even count for the 1.5 families (time is
+    patched by 2; windows are not padded). ``frames`` is the pixel value the user gave, for the
+    message.
     """
     tc = family.transformer.temporal_compression
     what = (f"length_frames={frames} ({length} latent frames)" if frames is not None
@@ -75,18 +53,16 @@ def check_window_length(length: int, family: Family, frames: int | None = None) 
         need = family.transformer.sample_latent_frames
         if length != need:
             raise ValueError(f"{what}: {family.name} windows must be exactly {need} latent frames "
-                             f"({latent_to_pixel_frames(need, tc)} pixel frames), the size of its "
+                             f"({pixel_frames(need, tc)} pixel frames), the size of its "
                              f"learned position table")
-    most = max_window_latents(family)
+    most = family.max_latent_frames
     if most is not None and length > most:
         raise ValueError(f"{what}: {family.name} windows must be at most {most} latent frames "
-                         f"({latent_to_pixel_frames(most, tc)} pixel frames), the frames of its "
+                         f"({pixel_frames(most, tc)} pixel frames), the frames of its "
                          f"position table")
     if family.latent_frames_even and length % 2:
-        near = [latent_to_pixel_frames(n, tc) for n in (length - 1, length + 1) if n > 0]
         raise ValueError(f"{what}: {family.name} windows must be an even number of latent frames "
-                         f"(time is patched by 2); nearest pixel lengths: "
-                         f"{' or '.join(map(str, near))}")
+                         f"(time is patched by 2); nearest pixel lengths: {family.nearest_even(length)}")
 
 
 def _check_batch(batch_windows: int) -> None:
@@ -147,11 +123,11 @@ class ContextOptions:
         """Latent window length and overlap for ``family``; ``ValueError`` if it cannot take
         them."""
         tc = family.transformer.temporal_compression
-        length = pixel_to_latent_frames(self.length_frames, tc)
-        overlap = pixel_to_latent_frames(self.overlap_frames, tc)
+        length = latent_frames(self.length_frames, tc)
+        overlap = latent_frames(self.overlap_frames, tc)
         check_window_length(length, family, frames=self.length_frames)
         if overlap >= length:
-            most = latent_to_pixel_frames(length - 1, tc)
+            most = pixel_frames(length - 1, tc)
             raise ValueError(f"overlap_frames={self.overlap_frames} is {overlap} latent frames, "
                              f"not less than the {length} of length_frames="
                              f"{self.length_frames}: use at most {most} pixel frames")
@@ -430,8 +406,7 @@ def run_windows(denoise_fn: DenoiseFn, x: torch.Tensor, windows: Sequence[Sequen
     return acc.to(out_dtype)
 
 
-__all__ = ["ContextOptions", "LatentContext", "pixel_to_latent_frames", "latent_to_pixel_frames",
-           "check_window_length", "max_window_latents", "schedule_static", "schedule_uniform",
+__all__ = ["ContextOptions", "LatentContext", "check_window_length", "schedule_static", "schedule_uniform",
            "schedule_looped", "SCHEDULES", "get_schedule", "weights_flat", "weights_pyramid", "WEIGHTS",
            "get_weights", "window_weights", "plan_windows", "slice_windows", "run_windows",
            "ScheduleFn", "WeightsFn", "DenoiseFn"]

@@ -43,10 +43,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import Tensor
 
-from ..families import VAEConfig
+from ..families import VAEConfig, latent_frames
 from .host_memory import trim_host_heap
 from ..runtime import ProgressFn, Runtime, TorchRuntime
-from .tiling_exact import Context, OutOfMemoryError, decode_chunk, encode_chunk
+from .tiling_exact import OutOfMemoryError, Workspace, decode_chunk, encode_chunk
 from .tiling_plan import (REF_FRAMES, blend_ramp, budget_elements, check_pair, overlapping_spans,
                           tile_for_budget)
 from .model import CogVideoXVAE, DiagonalGaussian, _check_latents, _check_video, decode_chunks, encode_chunks
@@ -131,9 +131,9 @@ def tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int] | No
     out = torch.empty((z.shape[0], cfg.out_channels, sum(counts), *size), device=rt.intermediate_device,
                       dtype=vae.dtype)
     if exact:
-        ctx = _exact_context(vae, rt, tile, overlap, store, z.shape[0], size, encode=False)
+        ws = _exact_workspace(vae, rt, tile, overlap, store, z.shape[0], size, encode=False)
         parts = iter(out.split(counts, dim=2))  # each chunk is written straight into the output
-        for _ in _exact_decode(ctx, vae, z, lambda frames: next(parts), _reporter(rt, progress)):
+        for _ in _exact_decode(ws, vae, z, lambda frames: next(parts), _reporter(rt, progress)):
             pass
     else:
         _fast_decode(vae, z, *_fast_settings(cfg, tile, overlap, rt, vae.dtype, False), rt, out,
@@ -154,12 +154,12 @@ def tiled_encode(vae: CogVideoXVAE, video: Tensor, *, tile: int | Sequence[int] 
     _check_video(video, vae.config)
     rt = runtime or _default_runtime(vae)
     cfg, s = vae.config, vae.config.spatial_compression
-    shape = (video.shape[0], 2 * cfg.latent_channels, (video.shape[2] - 1) // cfg.temporal_compression + 1,
+    shape = (video.shape[0], 2 * cfg.latent_channels, latent_frames(video.shape[2], cfg.temporal_compression),
              video.shape[3] // s, video.shape[4] // s)
     moments = torch.empty(shape, device=rt.intermediate_device, dtype=vae.dtype)
     if exact:
-        ctx = _exact_context(vae, rt, tile, overlap, store, video.shape[0], tuple(video.shape[3:]), encode=True)
-        _exact_encode(ctx, vae, video, moments, _reporter(rt, progress))
+        ws = _exact_workspace(vae, rt, tile, overlap, store, video.shape[0], tuple(video.shape[3:]), encode=True)
+        _exact_encode(ws, vae, video, moments, _reporter(rt, progress))
     else:
         _fast_encode(vae, video, *_fast_settings(cfg, tile, overlap, rt, vae.dtype, True), rt, moments,
                      _reporter(rt, progress))
@@ -177,40 +177,40 @@ def iter_tiled_decode(vae: CogVideoXVAE, z: Tensor, *, tile: int | Sequence[int]
     _check_latents(z, vae.config, "z")
     rt = runtime or _default_runtime(vae)
     size = _pixel_size(vae.config, z)
-    ctx = _exact_context(vae, rt, tile, None, store, z.shape[0], size, encode=False)
+    ws = _exact_workspace(vae, rt, tile, None, store, z.shape[0], size, encode=False)
 
     def new_chunk(frames: int) -> Tensor:
         return torch.empty((z.shape[0], vae.config.out_channels, frames, *size), device=rt.intermediate_device,
                            dtype=vae.dtype)
 
-    return _exact_decode(ctx, vae, z, new_chunk, _reporter(rt, progress))
+    return _exact_decode(ws, vae, z, new_chunk, _reporter(rt, progress))
 
 
 @torch.no_grad()
-def _exact_decode(ctx: Context, vae: CogVideoXVAE, z: Tensor, new_chunk: Callable[[int], Tensor],
+def _exact_decode(ws: Workspace, vae: CogVideoXVAE, z: Tensor, new_chunk: Callable[[int], Tensor],
                   report: Callable[[int, int], None]) -> Iterator[Tensor]:
     """The reference chunks one after the other, the causal tails carried in ``tails``; each
     chunk is decoded into ``new_chunk(frames)`` and yielded."""
     chunks, levels, tails = decode_chunks(z.shape[2]), temporal_levels(vae.config), {}
     logger.debug("exact tiled decode of %s in chunks %s, budget %d elements, store on %s",
-                 tuple(z.shape), chunks, ctx.budget, ctx.store)
+                 tuple(z.shape), chunks, ws.budget, ws.store)
     for i, (start, end) in enumerate(chunks):
         out = new_chunk(upsampled_frames(end - start, levels))
-        zc = z[:, :, start:end].to(device=ctx.device, dtype=ctx.dtype)
-        decode_chunk(ctx, vae.decoder, zc, tails, out, vae.config.norm_num_groups)
-        _after_chunk(ctx)
+        zc = z[:, :, start:end].to(device=ws.device, dtype=ws.dtype)
+        decode_chunk(ws, vae.decoder, zc, tails, out, vae.config.norm_num_groups)
+        _after_chunk(ws)
         report(i + 1, len(chunks))
         yield out
 
 
-def _exact_encode(ctx: Context, vae: CogVideoXVAE, video: Tensor, moments: Tensor,
+def _exact_encode(ws: Workspace, vae: CogVideoXVAE, video: Tensor, moments: Tensor,
                   report: Callable[[int, int], None]) -> None:
     chunks, levels, tails, l0 = encode_chunks(video.shape[2]), temporal_levels(vae.config), {}, 0
     for i, (start, end) in enumerate(chunks):
         n = downsampled_frames(end - start, levels)
-        encode_chunk(ctx, vae.encoder, video[:, :, start:end], tails, moments[:, :, l0:l0 + n],
+        encode_chunk(ws, vae.encoder, video[:, :, start:end], tails, moments[:, :, l0:l0 + n],
                      vae.config.norm_num_groups)
-        _after_chunk(ctx)
+        _after_chunk(ws)
         l0 += n
         report(i + 1, len(chunks))
 
@@ -235,11 +235,11 @@ def no_progress(step: int, total: int, preview: Tensor | None) -> None:
     """A progress callback that shows nothing."""
 
 
-def _after_chunk(ctx: Context) -> None:
+def _after_chunk(ws: Workspace) -> None:
     """Between chunks, hand the region buffers' freed host pages back to the OS when the store
     lives in host memory (:mod:`~cogvideox_core.vae.host_memory`): peak RSS then does not creep up
     with the number of chunks."""
-    if ctx.store.type == "cpu":
+    if ws.store.type == "cpu":
         trim_host_heap()
 
 
@@ -285,9 +285,9 @@ def _check_overlap_below_tile(overlap: int | Sequence[int] | None, tile_hw: tupl
                              f"{axis} {t} (tile={tile_hw})")
 
 
-def _exact_context(vae: CogVideoXVAE, rt: Runtime, tile: int | Sequence[int] | None,
-                   overlap: int | Sequence[int] | None, store: torch.device | str | None, batch: int,
-                   size: tuple[int, int], encode: bool) -> Context:
+def _exact_workspace(vae: CogVideoXVAE, rt: Runtime, tile: int | Sequence[int] | None,
+                     overlap: int | Sequence[int] | None, store: torch.device | str | None,
+                     batch: int, size: tuple[int, int], encode: bool) -> Workspace:
     """Checks the settings; picks the store device and the element budget of a region tensor
     (from ``tile`` per sample, or from the free memory left after the store)."""
     cfg, device, dtype = vae.config, torch.device(rt.device), vae.dtype
@@ -302,7 +302,7 @@ def _exact_context(vae: CogVideoXVAE, rt: Runtime, tile: int | Sequence[int] | N
     else:
         left = free - (need if store == device else 0)
         budget = int(max(left, 0) * FREE_FRACTION) // (TILE_TENSORS * _element_size(dtype))
-    return Context(device, store, dtype, budget, rt.check_interrupt)
+    return Workspace(device, store, dtype, budget, rt.check_interrupt)
 
 
 def _element_size(dtype: torch.dtype) -> int:

@@ -39,7 +39,7 @@ Tails = MutableMapping[str, Tensor]  # conv path -> full-frame tail [B, C_in, 2,
 
 
 @dataclass
-class Context:
+class Workspace:
     """Where and how a tiled run computes. ``budget`` is the most elements one region tensor may
     hold; an out-of-memory error halves it (for the rest of the run) and splits the region."""
 
@@ -172,14 +172,14 @@ class Norm:
     times: tuple[int, ...] = ()  # spatial: the latent frame of every frame
 
     @classmethod
-    def make(cls, ctx: Context, module: nn.Module, act: Act, zq: Tensor | None = None) -> "Norm":
+    def make(cls, ws: Workspace, module: nn.Module, act: Act, zq: Tensor | None = None) -> "Norm":
         if act.stats is None:
             raise RuntimeError("a norm reads an activation written without statistics")
         if not isinstance(module, SpatialNorm3D):
-            return cls(*act.stats.scale_shift(module, ctx.device))
+            return cls(*act.stats.scale_shift(module, ws.device))
         if zq is None:
             raise RuntimeError("a spatial norm needs the latent chunk zq")
-        a, b = act.stats.scale_shift(module.norm_layer, ctx.device)  # [B, C, 1, 1, 1]
+        a, b = act.stats.scale_shift(module.norm_layer, ws.device)  # [B, C, 1, 1, 1]
         times, scale = _zq_resize(zq.shape[2:], act.data.shape[2:])
         y = conv3d_in_time_parts(module.conv_y.conv, zq).float()  # [B, C, T_lat, h, w]
         shift = conv3d_in_time_parts(module.conv_b.conv, zq).float()
@@ -231,7 +231,7 @@ def _relative(region: Region, outer: Region) -> Region:
     return region[0] - outer[0], region[1] - outer[0], region[2] - outer[2], region[3] - outer[2]
 
 
-def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str, *,
+def conv_pass(ws: Workspace, src: Act, conv: CausalConv3d, tails: Tails, key: str, *,
               norm: Norm | None = None, residual: Act | None = None, shortcut: nn.Module | None = None,
               dst: Tensor | None = None, stats: bool = True, groups: int = 0) -> Act:
     """``conv(silu(norm(src)))`` (+ ``residual``, through ``shortcut`` if given) written into ``dst``
@@ -242,15 +242,15 @@ def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str
     k = conv.time_kernel
     old_tail = tails.get(key)
     c_out = conv.conv.out_channels
-    out = ctx.empty(b, c_out, t, h, w) if dst is None else dst
-    new_tail = ctx.empty(b, c, k - 1, h, w)
+    out = ws.empty(b, c_out, t, h, w) if dst is None else dst
+    new_tail = ws.empty(b, c, k - 1, h, w)
     acc = GroupStats(groups) if stats else None
 
     def region_fn(region: Region) -> None:
         outer = with_halo(region, h, w)
         # channels-last: oneDNN convolves it without a reordered copy of the input
-        buf = torch.empty((b, c, k - 1 + t, outer[1] - outer[0], outer[3] - outer[2]), device=ctx.device,
-                          dtype=ctx.dtype, memory_format=torch.channels_last_3d)
+        buf = torch.empty((b, c, k - 1 + t, outer[1] - outer[0], outer[3] - outer[2]), device=ws.device,
+                          dtype=ws.dtype, memory_format=torch.channels_last_3d)
         if norm is None:
             buf[:, :, k - 1:].copy_(_slice(src.data, outer))
         else:
@@ -265,13 +265,13 @@ def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str
         del buf
         if residual is not None:  # frame by frame: the (wide) skip input is never region-sized
             for i in range(t):
-                skip = _slice(residual.data[:, :, i:i + 1], region).to(device=ctx.device, dtype=ctx.dtype)
+                skip = _slice(residual.data[:, :, i:i + 1], region).to(device=ws.device, dtype=ws.dtype)
                 y[:, :, i:i + 1].add_(skip if shortcut is None else shortcut(skip))
         if acc is not None:
             acc.add(y)
         _slice(out, region).copy_(y)  # the only write to `out`: a region redone after OOM is safe
 
-    ctx.run_regions(h, w, b * max(c * (t + k - 1), c_out * t), region_fn)
+    ws.run_regions(h, w, b * max(c * (t + k - 1), c_out * t), region_fn)
     if old_tail is None:
         tails[key] = new_tail
     else:  # regions read the old tail around themselves: it is replaced only once all are done
@@ -279,14 +279,14 @@ def conv_pass(ctx: Context, src: Act, conv: CausalConv3d, tails: Tails, key: str
     return Act(out, acc)
 
 
-def upsample_pass(ctx: Context, src: Act, up: Upsample3D, groups: int) -> Act:
+def upsample_pass(ws: Workspace, src: Act, up: Upsample3D, groups: int) -> Act:
     """Nearest 2x (time too with ``compress_time``) and a 3x3 conv, region by region and frame by
     frame (each output frame reads one source frame)."""
     src = src.take()
     b, c, t, h, w = src.data.shape
     times = _upsampled_time_sources(t) if up.compress_time else list(range(t))
     h2, w2 = 2 * h, 2 * w
-    out = ctx.empty(b, up.conv.out_channels, len(times), h2, w2)
+    out = ws.empty(b, up.conv.out_channels, len(times), h2, w2)
     acc = GroupStats(groups)
 
     def region_fn(region: Region) -> None:
@@ -294,14 +294,14 @@ def upsample_pass(ctx: Context, src: Act, up: Upsample3D, groups: int) -> Act:
         inner = _relative(region, with_halo(region, h2, w2))
         part = GroupStats(groups)
         for i, j in enumerate(times):
-            x = _slice(src.data[:, :, j], source).to(device=ctx.device, dtype=ctx.dtype)  # [B, C, hs, ws]
+            x = _slice(src.data[:, :, j], source).to(device=ws.device, dtype=ws.dtype)  # [B, C, hs, ws]
             x = _slice(F.interpolate(x, scale_factor=2.0), crop)  # the conv input over the halo region
             y = _slice(up.conv(x), inner)[:, :, None]  # [B, C, 1, rh, rw]
             part.add(y)
             _slice(out[:, :, i:i + 1], region).copy_(y)
         acc.merge(part)  # merged last: a region redone after OOM is counted once
 
-    ctx.run_regions(h2, w2, 2 * b * c, region_fn)
+    ws.run_regions(h2, w2, 2 * b * c, region_fn)
     return Act(out, acc)
 
 
@@ -311,7 +311,7 @@ def _upsampled_time_sources(frames: int) -> list[int]:
     return double_time_and_space(ramp)[0, 0, :, 0, 0].round().long().tolist()
 
 
-def downsample_pass(ctx: Context, src: Act, down: Downsample3D, groups: int) -> Act:
+def downsample_pass(ws: Workspace, src: Act, down: Downsample3D, groups: int) -> Act:
     """Time halving (``compress_time``), pad right/bottom by one zero, 3x3 stride-2 conv, region
     by region and frame by frame."""
     src = src.take()
@@ -323,39 +323,39 @@ def downsample_pass(ctx: Context, src: Act, down: Downsample3D, groups: int) -> 
     else:
         spans = [(i, i + 1) for i in range(t)]
     h2, w2 = downsampled_size(h), downsampled_size(w)
-    out = ctx.empty(b, down.conv.out_channels, len(spans), h2, w2)
+    out = ws.empty(b, down.conv.out_channels, len(spans), h2, w2)
     acc = GroupStats(groups)
 
     def region_fn(region: Region) -> None:
         source, (pad_bottom, pad_right) = downsample_source(region, h, w)
         part = GroupStats(groups)
         for i, (start, end) in enumerate(spans):
-            x = _slice(src.data[:, :, start:end], source).to(device=ctx.device, dtype=ctx.dtype)
+            x = _slice(src.data[:, :, start:end], source).to(device=ws.device, dtype=ws.dtype)
             x = halve_time(x)[:, :, 0]  # [B, C, hs, ws]
             y = down.conv(F.pad(x, (0, pad_right, 0, pad_bottom)))[:, :, None]  # exactly the region
             part.add(y)
             _slice(out[:, :, i:i + 1], region).copy_(y)
         acc.merge(part)
 
-    ctx.run_regions(h2, w2, 8 * b * c, region_fn)
+    ws.run_regions(h2, w2, 8 * b * c, region_fn)
     return Act(out, acc)
 
 
-def resnet_pass(ctx: Context, x: Act, block: ResnetBlock3D, tails: Tails, prefix: str, zq: Tensor | None,
+def resnet_pass(ws: Workspace, x: Act, block: ResnetBlock3D, tails: Tails, prefix: str, zq: Tensor | None,
                 stats: bool, groups: int) -> Act:
     """norm-silu-conv1, norm-silu-conv2 plus the skip, keeping at most ``x`` and ``h`` (conv1's
     output) on the store: the output overwrites ``x`` (each region reads the skip only where it
     writes). A narrowing 1x1 shortcut is first written over ``x``'s leading channels, once conv1
     no longer needs ``x``; the result is then compacted."""
     x = x.take()
-    h = conv_pass(ctx, x, block.conv1, tails, f"{prefix}.conv1", norm=Norm.make(ctx, block.norm1, x, zq),
+    h = conv_pass(ws, x, block.conv1, tails, f"{prefix}.conv1", norm=Norm.make(ws, block.norm1, x, zq),
                   groups=groups)
-    norm2 = Norm.make(ctx, block.norm2, h, zq)
+    norm2 = Norm.make(ws, block.norm2, h, zq)
     shortcut, narrowed = block.conv_shortcut, False
-    owned = x.data.device == ctx.store and x.data.dtype == ctx.dtype
+    owned = x.data.device == ws.store and x.data.dtype == ws.dtype
     if shortcut is not None and owned and shortcut.out_channels <= shortcut.in_channels:
-        x, shortcut, narrowed = Act(shortcut_pass(ctx, x.data, shortcut)), None, True
-    out = conv_pass(ctx, h, block.conv2, tails, f"{prefix}.conv2", norm=norm2, residual=x, shortcut=shortcut,
+        x, shortcut, narrowed = Act(shortcut_pass(ws, x.data, shortcut)), None, True
+    out = conv_pass(ws, h, block.conv2, tails, f"{prefix}.conv2", norm=norm2, residual=x, shortcut=shortcut,
                     dst=x.data if shortcut is None and owned else None, stats=stats, groups=groups)
     del h, x
     if narrowed:  # free the wide storage: [B, C_out] of [B, C_in] channels
@@ -363,56 +363,56 @@ def resnet_pass(ctx: Context, x: Act, block: ResnetBlock3D, tails: Tails, prefix
     return out
 
 
-def shortcut_pass(ctx: Context, x: Tensor, shortcut: nn.Module) -> Tensor:
+def shortcut_pass(ws: Workspace, x: Tensor, shortcut: nn.Module) -> Tensor:
     """``x[:, :C_out] = shortcut(x)`` in place, region by region (a region reads and writes only
     itself), for a 1x1x1 conv from C_in to C_out <= C_in channels; returns that view."""
     b, c, t, h, w = x.shape
     narrow = x[:, :shortcut.out_channels]
 
     def region_fn(region: Region) -> None:
-        frames = [shortcut(_slice(x[:, :, i:i + 1], region).to(device=ctx.device, dtype=ctx.dtype))
+        frames = [shortcut(_slice(x[:, :, i:i + 1], region).to(device=ws.device, dtype=ws.dtype))
                   for i in range(t)]
         _slice(narrow, region).copy_(torch.cat(frames, dim=2))  # written after every read of the region
 
-    ctx.run_regions(h, w, 2 * b * shortcut.out_channels * t, region_fn)
+    ws.run_regions(h, w, 2 * b * shortcut.out_channels * t, region_fn)
     return narrow
 
 
-def _resnets(ctx: Context, blocks: nn.ModuleList, prefix: str, x: Act, tails: Tails, zq: Tensor | None,
+def _resnets(ws: Workspace, blocks: nn.ModuleList, prefix: str, x: Act, tails: Tails, zq: Tensor | None,
              last_stats: bool, groups: int) -> Act:
     for i, block in enumerate(blocks):
-        x = resnet_pass(ctx, x, block, tails, f"{prefix}.resnets.{i}", zq,
+        x = resnet_pass(ws, x, block, tails, f"{prefix}.resnets.{i}", zq,
                         stats=last_stats or i < len(blocks) - 1, groups=groups)
     return x
 
 
-def decode_chunk(ctx: Context, decoder: Decoder3D, z: Tensor, tails: Tails, out: Tensor, groups: int) -> None:
+def decode_chunk(ws: Workspace, decoder: Decoder3D, z: Tensor, tails: Tails, out: Tensor, groups: int) -> None:
     """One latent chunk z [B, C_lat, n, h, w] (on the compute device, compute dtype) decoded into
     ``out`` [B, 3, T, 8h, 8w] (any device); ``tails`` (empty for a first chunk) are updated."""
-    x = conv_pass(ctx, Act(z), decoder.conv_in, tails, "conv_in", groups=groups)
-    x = _resnets(ctx, decoder.mid_block.resnets, "mid_block", x, tails, z, True, groups)
+    x = conv_pass(ws, Act(z), decoder.conv_in, tails, "conv_in", groups=groups)
+    x = _resnets(ws, decoder.mid_block.resnets, "mid_block", x, tails, z, True, groups)
     for i, block in enumerate(decoder.up_blocks):
         up = block.upsamplers[0] if block.upsamplers is not None else None
-        x = _resnets(ctx, block.resnets, f"up_blocks.{i}", x, tails, z, up is None, groups)
+        x = _resnets(ws, block.resnets, f"up_blocks.{i}", x, tails, z, up is None, groups)
         if up is not None:
-            x = upsample_pass(ctx, x, up, groups)
-    norm = Norm.make(ctx, decoder.norm_out, x, z)
-    conv_pass(ctx, x.take(), decoder.conv_out, tails, "conv_out", norm=norm, dst=out, stats=False)
+            x = upsample_pass(ws, x, up, groups)
+    norm = Norm.make(ws, decoder.norm_out, x, z)
+    conv_pass(ws, x.take(), decoder.conv_out, tails, "conv_out", norm=norm, dst=out, stats=False)
 
 
-def encode_chunk(ctx: Context, encoder: Encoder3D, x: Tensor, tails: Tails, out: Tensor, groups: int) -> None:
+def encode_chunk(ws: Workspace, encoder: Encoder3D, x: Tensor, tails: Tails, out: Tensor, groups: int) -> None:
     """One frame chunk x [B, 3, T, H, W] (any device) encoded into moments ``out``
     [B, 2 C_lat, T', H/8, W/8]; ``tails`` (empty for a first chunk) are updated."""
-    act = conv_pass(ctx, Act(x), encoder.conv_in, tails, "conv_in", groups=groups)
+    act = conv_pass(ws, Act(x), encoder.conv_in, tails, "conv_in", groups=groups)
     for i, block in enumerate(encoder.down_blocks):
         down = block.downsamplers[0] if block.downsamplers is not None else None
-        act = _resnets(ctx, block.resnets, f"down_blocks.{i}", act, tails, None, down is None, groups)
+        act = _resnets(ws, block.resnets, f"down_blocks.{i}", act, tails, None, down is None, groups)
         if down is not None:
-            act = downsample_pass(ctx, act, down, groups)
-    act = _resnets(ctx, encoder.mid_block.resnets, "mid_block", act, tails, None, True, groups)
-    norm = Norm.make(ctx, encoder.norm_out, act)
-    conv_pass(ctx, act.take(), encoder.conv_out, tails, "conv_out", norm=norm, dst=out, stats=False)
+            act = downsample_pass(ws, act, down, groups)
+    act = _resnets(ws, encoder.mid_block.resnets, "mid_block", act, tails, None, True, groups)
+    norm = Norm.make(ws, encoder.norm_out, act)
+    conv_pass(ws, act.take(), encoder.conv_out, tails, "conv_out", norm=norm, dst=out, stats=False)
 
 
-__all__ = ["Context", "GroupStats", "Act", "Norm", "conv_pass", "upsample_pass", "downsample_pass",
+__all__ = ["Workspace", "GroupStats", "Act", "Norm", "conv_pass", "upsample_pass", "downsample_pass",
            "resnet_pass", "decode_chunk", "encode_chunk", "OutOfMemoryError"]
