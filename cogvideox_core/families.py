@@ -1,24 +1,12 @@
 """The CogVideoX model families as data.
 
 Every family is a :class:`Family`: a typed transformer config plus the facts the rest of the
-pack needs (VAE scale, scheduler shift, frame rate, frame and size rules, conditioning kind).
-Families are detected from a state dict's keys and shapes (:func:`detect_transformer_config`),
-never from a file name.
-
-Each rule lives here once and the transformer, the conditioning planner, the context windows,
-the tiler, the CLI and the nodes ask it:
-
-- the VAE's units (:data:`SPATIAL_COMPRESSION`, :data:`TEMPORAL_COMPRESSION`,
-  :data:`LATENT_CHANNELS`) and the pixel sizes every transformer takes (:data:`SIZE_UNIT`,
-  :func:`check_size`);
-- frames <-> latent frames (:func:`latent_frames`, :func:`pixel_frames`) and the 4k+1 rule
-  (:func:`check_frames`);
-- what the positional tables allow, in latent units on :class:`TransformerConfig`
-  (``max_latent_frames``: Fun-2B's 13; ``fixed_latent_size``: 5B-I2V's learned table;
-  ``max_latent_size``: 1.5's RoPE table; ``temporal_padding``: the 1.5 temporal patch) and in
-  pixels on :class:`Family` (``max_latent_frames``, ``fixed_size``, ``max_size``,
-  :meth:`Family.check_frames`, :meth:`Family.check_size`, :meth:`Family.temporal_padding`).
-
+pack needs (VAE scale and compression, scheduler shift, frame rate, frame and size rules,
+conditioning kind). Each rule lives here once (frames <-> latent frames and the 4k+1 rule, the
+pixel size unit, the positional tables' limits: Fun-2B's 13 latents, 5B-I2V's fixed size, 1.5's
+RoPE table and temporal padding) and the transformer, the conditioning planner, the context
+windows, the tiler, the CLI and the nodes ask it rather than restate it. Families are detected
+from a state dict's keys and shapes (:func:`detect_transformer_config`), never from a file name.
 Numbers come from the public checkpoints' configs (see ``../shared/SPEC.md``).
 """
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """``generate`` and ``demo``: the commands of :mod:`cogvideox_core.cli.main` that make videos.
 
-``generate --model PATH --prompt TEXT --out FILE [...]``: one video from a model on disk (a
-diffusers tree, a transformer folder or one ``.safetensors`` file; ``--vae`` and
-``--text-encoder`` where the model path lacks them). The request is checked against the
-family read from the file headers before any weights are loaded. ``--out`` ending in ``.mp4``
-writes H.264 at the family's frame rate; ``.safetensors`` writes the frames, float32 in 0..1,
-[F, H, W, C], under the key ``frames``.
-
-Long videos: ``--context-frames N --context-overlap N [--context-schedule static|uniform|looped]``
-denoises overlapping windows inside one run (any length); ``--extend-chunks K --extend-overlap O
-[--prompts-file FILE] [--colour-match S]`` chains K generations of ``--frames`` frames, each
-starting from the tail of the video so far, colour-matched to the first (``--end-image`` then
-goes on the last chunk). Both combine: each chunk may be windowed.
-
-``demo [--out FILE]``: a tiny random model of a real family built in memory, run through the
-whole chain (prompt, sampling, decode, mp4): seconds on a CPU.
-
-Heavy modules are imported inside the commands, so ``info`` stays instant.
+``generate`` makes one video from a model on disk (a diffusers tree, a transformer folder or one
+``.safetensors`` file, with ``--vae``/``--text-encoder`` where needed), checking the request
+against the family read from the file headers before any weights load; ``--out`` is an ``.mp4``
+(H.264 at the family's frame rate) or a ``.safetensors`` of the frames (key ``frames``, float32
+0..1, [F, H, W, C]). Long videos: ``--context-*`` (windows in one run) and ``--extend-*`` (a
+chain of generations), which combine. ``demo`` runs a tiny random model of a real family through
+the whole chain. Heavy modules are imported inside the commands, so ``info`` stays instant.
 """
 from __future__ import annotations
 

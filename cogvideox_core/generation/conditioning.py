@@ -1,40 +1,14 @@
 """What each family consumes besides the noise: validated plans, then tensors.
 
 Two steps, so that a request that does not fit the model is refused before any heavy work:
-
-1. :func:`plan_conditioning` (pure, no tensors computed): picks the mode from the inputs and the
-   family, resolves frames and size, and checks them against the family's rules. Every refusal
-   is a ``ValueError`` naming the input, its value and what the family allows.
-2. :func:`build_conditioning`: encodes images and videos with the VAE and returns
-   :class:`ConditioningLatents`: the extra channels concatenated to the noisy latents at every
-   step, the V2V start latents, the ofs value and the frame padding.
-
-The family rules themselves (4k+1 frames, Fun-2B's 13 latents, 5B-I2V's fixed size, 1.5's
-RoPE limit and temporal padding) live in :mod:`cogvideox_core.families`; the planner asks them
-and adds the rules of the modes (what inputs each family takes, V2V's even latent count).
-
-Modes (``ConditioningPlan.mode``) and what they build, in the transformer's layout
-[B, F_lat, C, H_lat, W_lat] and scaled latent space (VAE latents times the family's
-``vae_scaling_factor``, SPEC.md "VAE"):
-
-- ``t2v``: nothing (text-to-video families); an InP family with no image gets zeros for the
-  mask and the masked video (CogVideoX-Fun reference).
-- ``i2v`` (THUDM 5B-I2V, 1.5-I2V): the image's latent, sampled from the posterior with the
-  run's generator exactly as ``CogVideoXImageToVideoPipeline`` (which draws it before the
-  noise), in latent frame 0 and zeros after: 16 extra channels. 1.5-I2V divides by the scale
-  instead (``invert_scale_latents``) and passes ofs 2.0. With 1.5's odd latent counts the noise
-  gets ``padding`` extra latents in front; as in diffusers the image latent stays at index 0 of
-  the padded sequence (on the padding frame that is dropped after sampling).
-- ``v2v`` (text-to-video families): the video's latents, sampled with the generator (drawn
-  before the noise, as ``CogVideoXVideoToVideoPipeline``), to be noised at the first timestep
-  of the schedule truncated by ``denoise``.
-- ``inp`` (Fun InP): [mask 1 | masked video 16] channels. Known pixels come from start images
-  (frames 0..k-1), an end image (frame F-1) or a video with a spatial mask (1 = generate, as
-  ComfyUI's MASK). See :func:`inp_mask_channel` for the mask channel.
-- ``control`` (Fun Control/Pose): the control video's latents (posterior mode): 16 channels.
-
-Images and videos come in ComfyUI's IMAGE layout [F, H, W, C] float 0..1. One of another size
-is centre-cropped to the target aspect ratio and resized (bilinear, antialiased).
+:func:`plan_conditioning` (pure) picks the mode (``t2v``, ``i2v``, ``v2v``, ``inp``, ``control``),
+resolves frames and size and checks them against the family's rules (in
+:mod:`cogvideox_core.families`) and the modes' own, refusing with a ``ValueError`` that names the
+input, its value and what the family allows; :func:`build_conditioning` then encodes images and
+videos into :class:`ConditioningLatents` (extra channels, V2V start latents, ofs, padding). The
+latents equal diffusers' ``CogVideoXImageToVideoPipeline`` / ``CogVideoXVideoToVideoPipeline``
+and the CogVideoX-Fun reference, including the generator draws made before the noise. Inputs
+are ComfyUI IMAGE [F, H, W, C] 0..1, centre-cropped and resized to the target size.
 """
 from __future__ import annotations
 

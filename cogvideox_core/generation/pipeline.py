@@ -1,40 +1,13 @@
 """One generation, every mode: validate, encode the prompt, condition, sample, decode.
 
-The same numbers as diffusers' CogVideoX pipelines (``CogVideoXPipeline``,
-``CogVideoXImageToVideoPipeline``, ``CogVideoXVideoToVideoPipeline``,
-``CogVideoXFunControlPipeline``) for the same weights, seed and scheduler:
-
-- one CPU ``torch.Generator`` seeded with ``seed`` is used, in the pipelines' order, for the
-  I2V/V2V posterior sample, then the initial noise [1, F_lat, C, H_lat, W_lat] (in the
-  transformer's dtype, times ``init_noise_sigma`` = 1), then the stochastic sampler's noise;
-- the transformer sees [noisy latents | conditioning channels] along channels, int timesteps,
-  the T5 states (``text_states``), and ofs for 1.5-I2V; CFG is [uncond, cond] in one batch or
-  two calls;
-- 1.5 odd latent counts: ``padding`` latents of noise in front, dropped after sampling;
-- the final latents times ``1 / vae_scaling_factor`` are decoded and mapped to 0..1 by
-  ``(x / 2 + 0.5).clamp(0, 1)`` (:func:`~cogvideox_core.video_io.video_to_frames`).
-
-Latents inside the sampler are scaled (times the family's VAE scale); the latents this module
-hands out (:func:`generate_latents`) are unscaled VAE space [1, C, F_lat, H_lat, W_lat], the
-layout of the pack's LATENT outputs, with the padding already dropped.
-
-Context windows (``GenerateRequest.context``): the denoiser runs per window of latent frames
-(:mod:`cogvideox_core.sampling.windows`) and blends; the transformer only ever sees one window (or
-``batch_windows`` of them), so its memory and its frame limits (Fun-2B: 13 latents) are those of
-a window, whatever the video's length. Per-frame conditioning (the I2V image latent, the Fun InP
-mask and masked video, control latents) is built once for the whole video and sliced with the
-same windows, so each window sees exactly the conditioning of the frames it covers:
-
-- the window holding frame 0 gets the start image (I2V latent, Fun InP known start frames);
-- the window holding the last frame gets the Fun InP end frame (its masked-video latent: the
-  causal VAE puts the end frame in the last latent only, the earlier latents are the same as
-  without an end frame);
-- every other window gets what those frames get in a single run: I2V zeros, Fun InP "nothing
-  known" (mask 0, masked video of the -1 "unknown" pixels), the inpainting mask and video of its
-  frames, the control latents of its frames. Handing the start image to a middle window would
-  tell the model that window's first frame IS the image: the video would jump back to it at
-  every window. Middle windows are tied to the image through the overlaps instead, which are
-  denoised jointly with their neighbours at every step.
+Equal to diffusers' CogVideoX pipelines (``CogVideoXPipeline``, ``CogVideoXImageToVideoPipeline``,
+``CogVideoXVideoToVideoPipeline``, ``CogVideoXFunControlPipeline``) for the same weights, seed and
+scheduler. To stay equal: one CPU ``torch.Generator`` seeded with ``seed`` is drawn in the
+pipelines' order (I2V/V2V posterior sample, initial noise, sampler noise); CFG batches
+[uncond, cond]; 1.5's padding latents go in front and are dropped after sampling. Latents inside
+the sampler are scaled; :func:`generate_latents` hands out unscaled [1, C, F_lat, H_lat, W_lat].
+With context windows per-frame conditioning is built once and sliced per window: only the window
+holding frame 0 gets the start image (see README "How it works").
 """
 from __future__ import annotations
 

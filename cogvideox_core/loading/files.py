@@ -1,19 +1,12 @@
 """Where the weights are: safetensors headers and model folders, read without reading tensors.
 
-A safetensors file is an 8-byte little-endian header length N, N bytes of JSON
-(``{key: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {...}}``), then the
-tensor bytes (little-endian, row-major). :func:`read_header` reads only those first 8 + N bytes
-and checks them against the file size, so a truncated download is caught before any tensor is
-touched, and ``info`` on a 10 GB file costs one small read. :func:`read_into` reads tensor bytes
-straight into memory the caller owns.
-
-:func:`locate` turns a path into components (``transformer``, ``vae``, ``text_encoder``,
-``tokenizer``, ``scheduler``): a diffusers model root, one component folder (``config.json`` +
-``diffusion_pytorch_model*.safetensors`` or ``model*.safetensors``, sharded with an
-``*.safetensors.index.json`` or not), or a single ``.safetensors`` file holding one or more
-components under their key prefixes. Pickled checkpoints (``.pt``, ``.bin``, ``.ckpt``,
-``.pth``) are refused: unpickling runs code, and every CogVideoX checkpoint in circulation exists
-as safetensors. GGUF files are refused too (not supported).
+:func:`read_header` reads only a safetensors file's header (8-byte length + JSON) and checks it
+against the file size, so a truncated download is caught before any tensor is touched;
+:func:`read_into` reads tensor bytes straight into memory the caller owns. :func:`locate` turns
+a path (a diffusers model root, one component folder, sharded or not, or a single
+``.safetensors`` holding components under key prefixes) into components. Pickled checkpoints
+(``.pt``, ``.bin``, ``.ckpt``, ``.pth``) are refused because unpickling runs code; GGUF is not
+supported.
 """
 from __future__ import annotations
 

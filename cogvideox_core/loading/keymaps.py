@@ -1,31 +1,13 @@
 """Key layouts of CogVideoX weight files, mapped onto diffusers' state-dict keys.
 
-Pure functions of key names (and, for fused tensors, of how to cut them): no file is read here.
-Every layout is turned into a *plan* ``{diffusers_key: Source}``; :mod:`cogvideox_core.loading.weights`
-reads the sources. Layouts found in circulation:
-
-Transformer
-
-- ``diffusers``: ``CogVideoXTransformer3DModel`` keys (``transformer_blocks.N.attn1.to_q`` ...),
-  bare (diffusers folders, Kijai's single files, fp8 or not) or under a prefix
-  (``transformer.``, ``model.diffusion_model.``, ``diffusion_model.``, ``model.``).
-- ``comfyui``: the module names of ComfyUI's ``comfy/ldm/cogvideo/model.py``
-  (``blocks.N.q``, ``blocks.N.attn_out``, ``blocks.N.ff_proj``, ``time_embedding_linear_1`` ...),
-  usually under ``model.diffusion_model.`` or ``diffusion_model.``.
-- ``sat``: the original SwissArmyTransformer (THUDM CogVideo) layout that diffusers'
-  ``scripts/convert_cogvideox_to_diffusers.py`` converts (``transformer.layers.N.attention
-  .query_key_value``, ``mixins.adaln_layer.adaLN_modulations.N.1`` ...). Its fused q/k/v and
-  adaLN tensors are cut while reading. Only in ``.safetensors`` form: the SAT releases are
-  pickled ``.pt`` files, which this pack does not unpickle (see :mod:`weights`).
-
-VAE: diffusers ``AutoencoderKLCogVideoX`` keys, which ComfyUI's ``comfy/ldm/cogvideo/vae.py``
-uses unchanged (prefixes ``vae.``, ``first_stage_model.``), and the SAT VAE layout
-(``encoder.down.N.block.M``, ``decoder.up.N`` counted from the other end, ``nin_shortcut``).
-
-T5: transformers ``T5EncoderModel`` keys (``shared.weight``, ``encoder.block.N.layer.0
-.SelfAttention.q.weight``), as in diffusers ``text_encoder/`` folders and ComfyUI's
-``models/text_encoders`` files, optionally under a prefix; ComfyUI's ``scaled_fp8`` files carry
-a ``scale_weight`` per fp8 weight, which the plan records so the reader can dequantise.
+Pure functions of key names: every layout becomes a *plan* ``{diffusers_key: Source}`` that
+:mod:`cogvideox_core.loading.weights` reads; no file is read here. Transformer layouts: diffusers
+``CogVideoXTransformer3DModel`` keys (bare or under a prefix), ComfyUI's
+``comfy/ldm/cogvideo/model.py`` names, and the SwissArmyTransformer (``sat``) layout that
+diffusers' ``convert_cogvideox_to_diffusers.py`` converts, whose fused q/k/v and adaLN tensors
+are cut while reading (safetensors only: SAT ``.pt`` files are never unpickled). VAE: diffusers
+``AutoencoderKLCogVideoX`` keys and the SAT VAE layout. T5: transformers ``T5EncoderModel`` keys;
+ComfyUI ``scaled_fp8`` files' ``scale_weight`` is recorded so the reader can dequantise.
 """
 from __future__ import annotations
 

@@ -1,19 +1,11 @@
 """LoRA files for the CogVideoX transformer: key layouts mapped onto the model's weights.
 
-Layouts read (all map onto diffusers module names, which the core's transformer uses):
-
-- diffusers / PEFT: ``<prefix><module>.lora_A.weight`` (down, [r, in]) and ``.lora_B.weight``
-  (up, [out, r]), prefix ``transformer.``, ``base_model.model.`` or none; PEFT's adapter name
-  (``lora_A.default.weight``) is accepted. No alpha key: the scale is 1 (diffusers loads them
-  with ``lora_alpha = r``).
-- kohya style, as the CogVideoX-Fun reward LoRAs ship (VideoX-Fun ``lora_utils``):
-  ``lora_unet_<module with dots as underscores>.lora_down.weight`` / ``.lora_up.weight`` /
-  ``.alpha``; the scale is ``alpha / r``.
-- diffusers' older ``<module>.lora.down.weight`` / ``.lora.up.weight``.
-
-A LoRA weight changes ``W`` to ``W + strength * scale * up @ down``. Nothing here touches a
-model: :func:`lora_weights` returns the pieces and the host decides how to apply them
-(ComfyUI's ``ModelPatcher`` patches them in at load time).
+Reads diffusers/PEFT (``lora_A``/``lora_B``, no alpha: scale 1, as diffusers loads them), kohya
+style as the CogVideoX-Fun reward LoRAs ship (``lora_unet_...lora_down``/``lora_up``/``alpha``:
+scale ``alpha / r``) and diffusers' older ``lora.down``/``lora.up``, all onto diffusers module
+names. A LoRA changes ``W`` to ``W + strength * scale * up @ down``. Nothing here touches a
+model: :func:`lora_weights` returns the pieces and the host applies them (ComfyUI's
+``ModelPatcher`` at load time).
 """
 from __future__ import annotations
 

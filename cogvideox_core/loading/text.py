@@ -1,23 +1,12 @@
 """T5 prompt encoding, exactly as the diffusers CogVideoX pipelines' ``_get_t5_prompt_embeds``.
 
-Every CogVideoX family reads T5-v1.1-XXL hidden states [B, 226, 4096]: the prompt is tokenized
-with ``max_length=226, padding="max_length", truncation=True, add_special_tokens=True`` (so
-``</s>`` then ``<pad>`` fill to 226) and the encoder runs WITHOUT an attention mask (the pad
-positions attend and are attended to, as in training). A longer prompt keeps its first 225
-tokens plus ``</s>``; a warning says how many were dropped.
-
-Weights: a diffusers ``text_encoder/`` folder (``config.json`` + sharded ``model*.safetensors``),
-a model root holding one, or a single T5 encoder ``.safetensors`` file as ComfyUI users keep in
-``models/text_encoders`` (``t5xxl_fp16``, ``t5xxl_fp8_e4m3fn``, ``..._scaled``; keys
-``shared.weight``, ``encoder.block.N.layer.0.SelfAttention.q.weight`` ...). A single file's config
-is T5-v1.1-XXL's read off the shapes (d_model, d_ff, layers, heads, d_kv, relative-attention
-buckets, vocabulary; gated-GELU when ``wi_0``/``wi_1`` exist), so tiny test files work too.
-fp8 files are upcast to ``dtype``, ``scaled_fp8`` files dequantised; ``weight_dtype=fp8`` keeps
-the attention and gated-input projections in fp8 (``wo`` stays in ``dtype``: transformers casts
-the activations to ``wo``'s dtype).
-
-Tokenizer: the model root's ``tokenizer/``, a ``tokenizer/`` beside a ``text_encoder/`` folder,
-or the copy shipped in ``cogvideox_core/data/t5_tokenizer`` (T5's Apache-2.0 vocabulary).
+Every family reads T5-v1.1-XXL hidden states [B, 226, 4096]: tokenized to exactly 226 tokens
+(``padding="max_length"``, truncation, ``</s>``) and encoded WITHOUT an attention mask, as in
+training (README "How it works"); a longer prompt warns how many tokens were dropped. Weights: a
+diffusers ``text_encoder/`` folder or a single ComfyUI-style T5 file, whose config is read off
+the shapes (so tiny test files work); fp8 files are upcast, ``scaled_fp8`` dequantised, and
+``weight_dtype=fp8`` keeps ``wo`` in ``dtype`` (transformers casts activations to its dtype).
+The tokenizer comes from the model or the copy in ``cogvideox_core/data/t5_tokenizer``.
 """
 from __future__ import annotations
 

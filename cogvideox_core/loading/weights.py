@@ -1,36 +1,14 @@
 """Loading CogVideoX weights into the core's models, offline, shape-checked, each tensor once.
 
-How a load goes (:func:`load_transformer`, :func:`load_vae`, and :mod:`cogvideox_core.loading.text`):
-
-1. :func:`~cogvideox_core.loading.files.locate` finds the component and its files from headers;
-   :mod:`~cogvideox_core.loading.keymaps` maps its key layout onto diffusers keys (a *plan*).
-2. The family and config come from the planned keys and shapes (and ``config.json`` when a
-   folder has one), never from a file name.
-3. The model is built on the meta device (no memory), the plan is checked against its state
-   dict (missing, unexpected, wrong shape: a :class:`WeightsError` naming the file), then the
-   tensors are read one at a time, converted to their storage dtype and device as they are
-   read, and assigned (``load_state_dict(strict=True, assign=True)``): nothing is allocated
-   twice. Each tensor is allocated once in its final dtype on its final device and filled by
-   positioned reads at the offsets of the (validated) header (:func:`read_source`): straight
-   into it when the stored dtype is wanted on the CPU, else through an 8 MiB staging buffer,
-   converted piece by piece, so loading to a GPU needs no CPU copy of the weights either. No
-   memory map: ``safe_open``'s mapped pages count in the process's RSS while mapped and fault
-   in 4 kB at a time; plain reads measured 3-8x faster here and keep peak RSS at the loaded
-   weights plus the staging buffer (``tests/test_weights.py`` measures and prints the ratio).
-4. The models compute their positional tables lazily, so the only buffer is the learned
-   ``patch_embed.pos_embedding`` (persistent, loaded). A meta tensor left after loading is a bug
-   and raises.
-
-Storage dtype. ``dtype`` (float32, bfloat16, float16) is the compute dtype and, by default, the
-storage dtype of every weight. ``weight_dtype=torch.float8_e4m3fn`` (or e5m2) stores the large
-matmul weights of the blocks in fp8 (attention q/k/v/out and the feed-forward projections: 86%
-of a 5B transformer's parameters, 79% of a 2B's) and computes through
-:class:`~cogvideox_core.ops.cast_ops`, which casts them to the input dtype per call.
-Everything else stays in ``dtype``: the adaLN modulation linears (their output scales every
-activation; Kijai's wrapper found fp8 there breaks 1.5), norms, biases, the patch/time/ofs
-embeddings, ``norm_out`` and ``proj_out``.
-Files stored in fp8 are upcast to ``dtype`` unless fp8 storage is asked for; ComfyUI
-``scaled_fp8`` files are dequantised (weight x ``scale_weight``) while reading.
+:func:`load_transformer` / :func:`load_vae`: :mod:`~cogvideox_core.loading.files` finds the files,
+:mod:`~cogvideox_core.loading.keymaps` plans the keys, the family comes from keys and shapes
+(never a file name), the model is built on the meta device and the plan checked against it
+(a :class:`WeightsError` naming the file), then each tensor is allocated once in its final dtype
+on its final device and filled by positioned reads through a small staging buffer (no memory
+map: mapped pages count in RSS) and assigned strictly. A meta tensor left after loading is a bug.
+``weight_dtype`` fp8 stores only the blocks' large matmul weights in fp8 (computed through
+:class:`~cogvideox_core.ops.cast_ops`); adaLN linears, norms, biases, embeddings and the output
+layers stay in ``dtype`` (fp8 adaLN breaks 1.5).
 """
 from __future__ import annotations
 

@@ -1,21 +1,13 @@
 """Chained extension: a long video as a chain of generations, each conditioned on the tail of the
-video so far (the CogVideoX-Fun reference's long-video loop, SPEC.md "Fun InP"), with the colour
-drift of such chains corrected.
+video so far (the CogVideoX-Fun reference's long-video loop, SPEC.md "Fun InP").
 
-A chunk of ``frames`` frames is generated with its first ``overlap`` frames known: the last
-``overlap`` frames of the video (Fun InP: frames 0..O-1 known; image-to-video families: the
-last frame as the start image, so ``overlap`` is 1). Its colours are matched to the first
-chunk's (:mod:`cogvideox_core.long_video.colour`: per-channel mean and spread in Oklab, ``colour_match``
-strength 0..1), then it is joined to the video with a pixel crossfade over the overlap (chunk
-weight i/O at overlap frame i), so the video grows by ``frames - overlap`` frames. The last chunk
-may end on an end image (Fun InP), and each chunk may have its own prompt; chunk k of a call
-uses seed ``seed + k``.
-
-The pieces, each usable alone: :func:`tail_inputs` (the next chunk's conditioning),
-:func:`crossfade`, :func:`~cogvideox_core.long_video.colour.match_colour`, :func:`join` (match + crossfade),
-:func:`chain` (the loop over any chunk function: the benchmark's synthetic generator plugs in
-there), :func:`extend` (one chunk), :func:`extend_chain` (several chunks onto a video) and
-:func:`generate_long` (the whole long video in one call, progress counted over all chunks).
+Each chunk of ``frames`` frames starts with its first ``overlap`` frames known (Fun InP; image-to-
+video families use the last frame as start image, overlap 1), gets its colours matched to the
+first chunk's (:mod:`cogvideox_core.long_video.colour`) and is crossfaded onto the video over the
+overlap; chunk k uses seed ``seed + k``. The pieces work alone: :func:`tail_inputs`,
+:func:`crossfade`, :func:`join`, :func:`chain` (the loop over any chunk function, where the
+benchmark's synthetic generator plugs in), :func:`extend`, :func:`extend_chain`, and
+:func:`generate_long` (the whole video in one call).
 """
 from __future__ import annotations
 

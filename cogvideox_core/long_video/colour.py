@@ -1,20 +1,11 @@
 """Colour statistics and matching in Oklab, for chained extension (pure functions).
 
-A chain of generations drifts: each chunk copies the colours of the tail it starts from and adds
-a small bias of its own, so the biases add up chunk after chunk (the CogVideoX-Fun reference has
-no correction). :func:`match_colour` moves a chunk's per-channel mean and spread (standard
-deviation over all its pixels) to those of a reference, the first chunk, which resets the drift
-at every join without touching the chunk's content (a per-channel affine map keeps every edge,
-motion and shading ramp).
-
-Why Oklab (Ottosson 2020): its axes are lightness and two opponent colour axes that are close to
-perceptually uniform and nearly decorrelated, so matching each axis on its own moves hue,
-saturation and brightness as a viewer sees them; doing the same in RGB couples the channels and
-shifts hues when only brightness drifted. Distances in Oklab approximate perceived colour
-difference (about 0.02 is just noticeable), which :func:`colour_difference` reports.
-
-Frames are ComfyUI IMAGE tensors [F, H, W, 3], float, sRGB-encoded 0..1. Statistics are
-accumulated in float64 over frame batches, so a long chunk never needs a second full-size copy.
+A chain of generations drifts in colour chunk after chunk (the CogVideoX-Fun reference has no
+correction). :func:`match_colour` moves a chunk's per-channel mean and spread in Oklab to those
+of a reference (the first chunk): a per-channel affine map, so content is untouched; Oklab so
+that hue, saturation and brightness move as a viewer sees them (README "How it works").
+:func:`colour_difference` reports Oklab distances. Frames are ComfyUI IMAGE [F, H, W, 3], sRGB
+0..1; statistics accumulate in float64 over frame batches, never a second full-size copy.
 """
 from __future__ import annotations
 

@@ -1,53 +1,13 @@
 """The CogVideoX diffusion transformer, every family, on an injected ``ops`` / attention.
 
-Numerically this is diffusers' ``CogVideoXTransformer3DModel`` (0.42) and the parameter and
-buffer names are its state-dict keys, so a diffusers state dict loads with
-``load_state_dict(strict=True)``. Unlike diffusers, the model computes its own positional
-information for any size the family allows (no ``image_rotary_emb`` argument, no ``ofs`` left
-to the caller), and refuses sizes the family cannot take with a ``ValueError``.
-
-Sequence arithmetic. Input latents are [B, F, C, H, W] (frames before channels). With patch
-size p (2) and temporal patch pt (1 for the 1.0 families, 2 for 1.5) the video becomes
-N = (F / pt) * (H / p) * (W / p) tokens, and the T5 text L tokens (226) go in front, so every
-block attends over S = L + N tokens. CogVideoX 1.0 at 49 frames 480x720: F = 13, H = 60, W = 90,
-N = 13 * 30 * 45 = 17550, S = 17776. CogVideoX 1.5 at 81 frames 768x1360: F = 21 latent frames
-is odd, padded to 22 by the caller (see below), N = 11 * 48 * 85 = 44880, S = 45106. Attention
-memory without a fused kernel is B * heads * S^2 elements (48 * 17776^2 * 2 bytes = 30 GB in
-bf16 for 5B), which is why the attention function is injectable.
-
-Positions, by ``config.positions``:
-
-- ``sincos`` (2B, Fun-2B Control): an additive 3D sincos table recomputed for the grid, added
-  to [text | video] with zeros on the text rows, so the text must have exactly
-  ``max_text_len`` (226) tokens.
-- ``sincos_resized`` (Fun-2B InP): the sincos table of the trained 13x30x45 grid resized
-  trilinearly to the grid (CogVideoX-Fun reference); at most 13 latent frames; 226 tokens.
-- ``rope_linspace`` (5B, 5B-I2V, Fun-5B): 3D RoPE on video tokens, the grid fitted inside the
-  base grid ``sample_height/p x sample_width/p`` keeping aspect ratio (diffusers pipelines'
-  ``get_resize_crop_region_for_grid`` + ``get_3d_rotary_pos_embed(grid_type="linspace")``).
-- ``rope_slice`` (1.5): 3D RoPE with integer positions, grid at most
-  ``sample_height/p x sample_width/p`` (150 x 150), temporal positions 0..F/2-1.
-- ``learned_positions`` (5B-I2V, with RoPE): the persistent ``patch_embed.pos_embedding``
-  [1, 226 + 13*30*45, D] added to [text | video]; only the trained spatial size (480x720)
-  is accepted. At another latent frame count diffusers replaces the learned table by a
-  recomputed sincos table; this model does the same for parity, with a warning.
-
-Odd latent frame counts with the 1.5 families (pt = 2) are refused by :meth:`check_input`
-rather than padded inside the model: the diffusers pipelines pad the *noise* with
-``pt - F % pt`` extra latents in front, denoise them with the rest and drop them after the
-last step, so the padding frame is part of the sampler state, not something the model could
-add and remove per call without changing the result.
-:meth:`~cogvideox_core.families.TransformerConfig.temporal_padding` says how many frames a
-caller must prepend. The limits of the positional tables (Fun-2B's frames, 5B-I2V's size, the
-1.5 RoPE grid) are the config's (:mod:`cogvideox_core.families`); this model only enforces them.
-
-Tables are built in float64 (sincos), float32 (Fun resized table, RoPE) and cast to the
-activations' dtype where diffusers casts them; the last table of each kind is cached per
-(grid, device, dtype) and dropped when the model is moved or cast.
-
-``ofs`` (1.5-I2V only) defaults to 2.0 (``config.default_ofs``), the value every diffusers 1.5-I2V
-pipeline passes. The T5 states are ``text_states`` [B, L, text_dim] (diffusers'
-``encoder_hidden_states``).
+Numerically diffusers' ``CogVideoXTransformer3DModel``, with its state-dict keys (loads with
+``strict=True``). Unlike diffusers it computes its own positions (``config.positions``: sincos,
+Fun's resized sincos, RoPE linspace or slice, 5B-I2V's learned table) and ofs for any size the
+family allows, and refuses others with a ``ValueError``; the limits are the config's
+(:mod:`cogvideox_core.families`). Odd 1.5 latent counts are refused, not padded: the padding
+latent belongs to the sampler state (README "How it works"). Attention is injectable because
+its memory grows with the square of the sequence. Tables are cached per (grid, device, dtype)
+and cast where diffusers casts them.
 """
 from __future__ import annotations
 

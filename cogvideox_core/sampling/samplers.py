@@ -1,29 +1,12 @@
 """Samplers: short functions over a denoiser callable, in k-diffusion's pattern.
 
-Every sampler is ``sample_xxx(denoise_fn, x, schedule, *, generator=None, callback=None, ...) -> x``.
-
-``denoise_fn(x, t) -> v``: ``x`` the current latents (any shape, [B, F, C, H, W] for CogVideoX),
-``t`` the model timestep as an int in 0..999 exactly as diffusers passes it to the transformer;
-it returns the model's v-prediction after guidance (see :func:`..guidance.cfg_denoiser`). The
-samplers turn v into x0 themselves: ``x0 = sqrt(a) x - sqrt(1 - a) v`` (Salimans & Ho 2022).
-
-Zero terminal SNR: ``alphas_cumprod[999]`` is 0, so the first trailing step starts at infinite VE
-sigma and log-SNR -inf. Everything here is in VP form (a = alpha_cumprod, alpha = sqrt(a),
-sigma = sqrt(1 - a)), where that step is finite: x0 = -v, and the multistep solvers' step size
-h = lambda_next - lambda is +inf, which IEEE arithmetic turns into the exact limit
-(exp(-h) = 0, expm1(-h) = -1: x_next = sigma_next * x + alpha_next * x0, a DDIM step). The same
-holds for the last step into a = 1 (lambda = +inf), which lands on x0.
-
-Coefficients are float64 Python floats, rounded to bf16/fp16 where they multiply a bf16/fp16
-tensor (``x`` or noise), as diffusers' 0-dim float64 tensors are; tensor arithmetic is float32
-when the denoiser returns float32 (as :func:`cfg_denoiser` does), and ``x`` is cast back to its
-own dtype after each step, as the pipelines cast latents to the prompt dtype. With that, seeded
-runs of ``ddim`` and ``dpm`` reproduce the diffusers pipelines bit for bit in fp32 and bf16.
-
-Randomness comes only from ``generator``; progress only through ``callback({"step", "total",
-"x", "denoised", "t"})``, called once per step after the model call and before the update
-(``x`` is the sample the model saw, ``denoised`` the predicted x0). Samplers raise nothing for
-interrupts: a host's callback raises to stop.
+``sample_xxx(denoise_fn, x, schedule, *, generator=None, callback=None, ...) -> x``, where
+``denoise_fn(x, t)`` returns the guided v-prediction for the int timestep diffusers would pass;
+the samplers turn v into x0 themselves. Everything is in VP form so zero terminal SNR stays
+finite (README "How it works"). Coefficients are float64 rounded to the tensor's dtype as
+diffusers' are, and ``x`` is cast back after each step: seeded ``ddim`` and ``dpm`` runs equal
+the diffusers pipelines bit for bit in fp32 and bf16. Randomness comes only from ``generator``,
+progress only through ``callback``; a host's callback raises to interrupt.
 """
 from __future__ import annotations
 

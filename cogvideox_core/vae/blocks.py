@@ -1,20 +1,11 @@
 """Layers of the CogVideoX causal 3D VAE (diffusers ``AutoencoderKLCogVideoX``), cache as values.
 
-Module and parameter names follow diffusers exactly, so its state dict loads strict with no key
-mapping. Every causal conv with a time kernel k > 1 pads time with k-1 frames in front: copies
-of the first frame on a video's first chunk, the previous chunk's last k-1 input frames (its
-*tail*) afterwards. Tails go in and come out of every ``forward`` as a flat ``dict`` keyed by
-the conv's module path relative to the encoder or decoder (``"up_blocks.0.resnets.1.conv2"``),
-so ``decoder.get_submodule(key)`` is the conv that owns an entry. Nothing is kept on a module.
-
-The other temporal rules need no state: they depend only on the chunk's frame count.
-``Downsample3D``/``Upsample3D`` with ``compress_time`` and the decoder's spatial norm treat an
-odd frame count > 1 as "causal first frame + pairs" (the first frame is resized on its own) and
-an even count as pairs only. That is why the reference chunking gives the odd frame to the first
-chunk, and why a continuing chunk must have an even count.
-
-Kernel-1 causal convs (the spatial norm's ``conv_y``/``conv_b``) have no tail: diffusers hands
-their whole input around as "cache" but never reads it.
+Module and parameter names follow diffusers exactly, so its state dict loads strict. A causal
+conv with time kernel k > 1 pads with k-1 frames in front (copies of the first frame on a
+video's first chunk, the previous chunk's *tail* after); tails go in and out of every
+``forward`` as a dict keyed by the conv's module path. Nothing is kept on a module. The other
+temporal rules depend only on the chunk's frame count (odd: causal first frame + pairs; even:
+pairs), so a continuing chunk must be even (README "How it works"). Kernel-1 convs have no tail.
 """
 from __future__ import annotations
 

@@ -1,20 +1,12 @@
 """The CogVideoX causal 3D VAE: encode, decode, and the chunk steps they are made of.
 
-Numbers match diffusers ``AutoencoderKLCogVideoX`` (untiled) including its frame chunking:
-GroupNorm statistics are taken per chunk, so the chunking is part of the model's output.
-
-- decode: 2 latent frames per chunk, the first chunk taking the odd extra one
-  (13 latents: (0,3), (3,5), ..., (11,13)). A chunk of n latents gives 4n - 3 frames when n is
-  odd (first chunk: causal first frame + pairs) and 4n when n is even, so F_lat latents give
-  4(F_lat - 1) + 1 frames for odd F_lat and 4 F_lat frames for even F_lat (what diffusers does).
-- encode: 8 pixel frames per chunk, the first chunk taking the F % 8 extra ones
-  (49 frames: (0,9), (9,17), ..., (41,49); 21 frames: (0,13), (13,21)).
-
-The causal cache (:class:`EncoderCache` / :class:`DecoderCache`) is a value: a chunk step takes
-the previous chunk's cache (``None`` for a video's first chunk) and returns a new one. It holds,
-for every causal conv with a time kernel of 3, the last 2 frames of that conv's input
-(``tails``, keyed by the conv's module path under ``encoder``/``decoder``). No other state
-crosses chunks: the first-frame rules depend only on each chunk's frame count.
+Equal to diffusers ``AutoencoderKLCogVideoX`` (untiled) including its frame chunking (decode: 2
+latents per chunk, the first taking the odd one; encode: 8 frames per chunk, the first taking
+the rest): GroupNorm statistics are taken per chunk, so the chunking is part of the output
+(frame arithmetic in README "How it works"). The causal cache (:class:`EncoderCache` /
+:class:`DecoderCache`) is a value: a chunk step takes the previous chunk's (``None`` first) and
+returns a new one holding each time-kernel-3 conv's last 2 input frames; nothing else crosses
+chunks.
 """
 from __future__ import annotations
 

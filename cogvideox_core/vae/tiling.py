@@ -1,39 +1,13 @@
 """Tiled causal VAE decode and encode: memory bounded by a tile, exact, streaming.
 
-:func:`tiled_decode` / :func:`tiled_encode` run the reference frame chunking
-(:func:`~cogvideox_core.vae.model.decode_chunks`: 2 latents per chunk, the first taking the odd one)
-with the causal cache carried from chunk to chunk, and split every chunk spatially. A chunk's
-frames go to the runtime's intermediate device as soon as its last layer writes them, so
-compute-device memory does not grow with the number of frames (:func:`iter_tiled_decode` hands
-them over chunk by chunk). The output always has the size :meth:`CogVideoXVAE.decode
-<cogvideox_core.vae.model.CogVideoXVAE.decode>` gives: ``decoded_num_frames(F_lat)`` frames of 8x the
-latent size, whatever the tile and overlap (diffusers' tiler turns 128x192 into 128x199 with
-96x128 tiles, into 140x202 with 64x96 tiles).
-
-Two modes:
-
-- ``exact=True`` (default): each chunk runs layer by layer (:mod:`~cogvideox_core.vae.tiling_exact`),
-  each layer region by region with a 1-pixel halo per conv instead of overlap and blending, and
-  GroupNorm statistics of the whole chunk (accumulated while the previous layer writes). The
-  result equals the untiled decode up to float summation order: max abs difference 2.4e-5 in
-  fp32 on the full-size architecture with random weights at 128x192 for 4 to 32 latent frames,
-  on outputs within +-4.7 (``benchmarks/vae_decode.py``). ``tile`` is a memory budget per sample: the widest
-  full-resolution layer runs in regions of at most ``tile`` pixels plus halo; every other layer
-  in regions of no more memory (so low-resolution layers usually run whole). A chunk's
-  full-frame activations (at most two of the widest layer: a resnet's input and its conv1's
-  output) and the causal tails live on the *store*: the compute device when they take at most
-  half of its free memory, else the runtime's offload device.
-- ``exact=False``: overlapping tiles decoded independently, each with its own causal cache, and
-  blended with linear ramps, as other tilers do, with the exact output size. Per-tile GroupNorm
-  statistics make it differ from the untiled decode: max abs difference 0.28, mean 0.011, on
-  outputs within +-2.7 (full-size random-weight VAE, 128x192, 4 latent frames, 64x96 tiles,
-  16-pixel overlap: ``benchmarks/vae_decode.py --fast-error --frames 4``); with that overlap it
-  also recomputes 2.25x the pixels. What it saves: nothing leaves the compute device between
-  layers.
-
-With ``tile=None`` the budget comes from the compute device's free memory (what
-:func:`auto_tile_size` turns into a tile). A region that still runs out of memory is redone in
-halves and the budget halved for the rest of the run; finished regions are kept.
+:func:`tiled_decode` / :func:`tiled_encode` run the reference frame chunking with the causal
+cache carried across chunks and split every chunk spatially; finished frames leave the compute
+device chunk by chunk (:func:`iter_tiled_decode`). Output size is always the untiled one.
+``exact=True`` (default) runs each chunk layer by layer in regions with a 1-pixel halo and
+whole-chunk GroupNorm statistics (:mod:`~cogvideox_core.vae.tiling_exact`): equal to the untiled
+decode up to float summation order. ``exact=False`` blends independently decoded overlapping
+tiles, like other tilers, and so differs. ``tile`` is a memory budget (``None``: from free
+memory, :func:`auto_tile_size`); a region that runs out of memory is redone in halves.
 """
 from __future__ import annotations
 

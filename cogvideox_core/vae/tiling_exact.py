@@ -1,20 +1,12 @@
 """Exact tiled execution of the causal VAE, one layer at a time over a frame chunk.
 
-A chunk of the reference chunking (:func:`~cogvideox_core.vae.model.decode_chunks`) runs through the
-network layer by layer. Each layer's full-frame output is an :class:`Act` on the *store* device
-(the compute device when it fits, else the offload device); the layer itself runs region by
-region on the compute device, each region reading its input with a 1-pixel halo, so no region
-needs blending and every value equals the untiled one up to float summation order.
-
-GroupNorm is what makes other tilers differ (statistics per tile): here the statistics of an
-activation are accumulated while it is written (per sample and group: count, mean and sum of
-squared deviations, merged across regions in float64 by Chan's formula) and the consumer
-normalises each region with them, fused with the spatial-norm scale/shift, the SiLU and the conv.
-
-Causal convs keep their tails (the last 2 input frames) as full-frame tensors on the store,
-keyed like :class:`~cogvideox_core.vae.model.DecoderCache`; a region reads its part with the halo.
-Peak store use is about two or three full-frame activations of the widest layer plus the tails;
-compute-device use is bounded by the element budget of a region's tensors.
+Each layer's full-frame output is an :class:`Act` on the *store* device (the compute device when
+it fits, else the offload device); the layer runs region by region on the compute device, each
+region reading its input with a 1-pixel halo, so nothing is blended and every value equals the
+untiled one up to float summation order. GroupNorm, what makes other tilers differ, uses the
+statistics of the whole activation, accumulated while it is written and merged across regions
+(README "How it works"). Causal tails are full-frame tensors on the store, keyed like
+:class:`~cogvideox_core.vae.model.DecoderCache`.
 """
 from __future__ import annotations
 
