@@ -1,17 +1,15 @@
 """Fixtures shared by the host tests: the tiny models folder and one live ComfyUI per generation."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfyhosts import GENERATIONS, LiveServer  # noqa: E402
-from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models  # noqa: E402
+from comfyhosts import GENERATIONS, LiveServer
+from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models
 
-from cogvideox_core.video_io import write_mp4  # noqa: E402
+from cogvideox_core.video_io import write_mp4
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
                        CogVideoXTransformer3DModel)
+from scaffold import randomize_norms
 from transformers import T5EncoderModel
 
 from cogvideox_core.tiny import tiny_family, tiny_t5_config, tiny_vae_config
@@ -47,13 +48,7 @@ def ref_transformer(family: Family, seed: int = 0, std: float = 0.2) -> CogVideo
 def ref_vae(family: Family, seed: int = 0) -> AutoencoderKLCogVideoX:
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLCogVideoX(**tiny_vae_config(family).to_diffusers()).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if "norm" in name and "conv" not in name:
-                base = 1.0 if name.endswith("weight") else 0.0
-                p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
-    return vae
+    return randomize_norms(vae, torch.Generator().manual_seed(seed + 1))
 
 
 def tiny_t5(seed: int = 0) -> T5EncoderModel:

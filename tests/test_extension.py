@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from scaffold import RecordingRuntime
 
 from cogvideox_core.long_video.colour import (ColourStats, colour_difference, colour_stats, match_colour,
                                    oklab_to_rgb, rgb_to_oklab)
@@ -15,22 +16,12 @@ from cogvideox_core.tiny import random_models, tiny_family
 from cogvideox_core.long_video.chain import (ChainOptions, ChainRuntime, chain, crossfade, extend,
                                       extend_chain, generate_long, tail_inputs)
 from cogvideox_core.generation.pipeline import GenerateRequest, generate
-from cogvideox_core.runtime import TorchRuntime
 
 H, W = 32, 48
 
 
 def _frames(n: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, H, W, 3, generator=torch.Generator().manual_seed(seed))
-
-
-class Recorder(TorchRuntime):
-    def __init__(self) -> None:
-        super().__init__(device="cpu", show_progress=False)
-        self.steps: list[tuple[int, int]] = []
-
-    def progress(self, step, total, preview=None) -> None:
-        self.steps.append((step, total))
 
 
 # ---- colour ----------------------------------------------------------------------------------
@@ -144,7 +135,7 @@ def test_crossfade_and_tail_refusals() -> None:
 
 
 def test_chain_runtime_counts_over_all_chunks() -> None:
-    inner = Recorder()
+    inner = RecordingRuntime()
     rt = ChainRuntime(inner, 3)
     for _chunk in range(3):
         for step in (1, 2):
@@ -181,7 +172,7 @@ def _req(**kwargs) -> GenerateRequest:
 def test_generate_long_equals_its_pieces_one_at_a_time(inp) -> None:
     models = dataclasses.replace(inp, text_encoder=PromptSpy(inp.text_encoder))
     end = _frames(1, seed=5)
-    runtime = Recorder()
+    runtime = RecordingRuntime()
     options = ChainOptions(3, 4, 0.8, end_image=end, prompts=["fox", "fox runs", "fox sleeps"])
     long = generate_long(models, _req(), options, runtime)
     assert long.shape == (9 + 2 * 5, H, W, 3)

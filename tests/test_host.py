@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfyhosts import GENERATIONS, LiveServer, ensure_host, pack_import_seconds  # noqa: E402
-from tiny_models import HEIGHT, WIDTH  # noqa: E402
+from comfyhosts import GENERATIONS, LiveServer, ensure_host, pack_import_seconds
+from tiny_models import HEIGHT, WIDTH
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfyhosts import LiveServer  # noqa: E402
-from make_workflows import CORE_NODES, CORE_WIDGET_SOCKETS  # noqa: E402
-from tiny_models import HEIGHT, WIDTH  # noqa: E402
+from comfyhosts import LiveServer
+from make_workflows import CORE_NODES, CORE_WIDGET_SOCKETS
+from tiny_models import HEIGHT, WIDTH
 
 ROOT = Path(__file__).resolve().parents[1]
 FRAMES = 9

@@ -19,14 +19,12 @@ from __future__ import annotations
 import copy
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_workflows import ROOT, load_pack  # noqa: E402
+from make_workflows import ROOT, load_pack
 
 PACK = load_pack()
 NODES: dict[str, Any] = PACK.NODE_CLASS_MAPPINGS

@@ -21,9 +21,8 @@ from typing import Iterator
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_workflows import CORE_NODES, ROOT, WORKFLOWS, load_pack, render  # noqa: E402
-from tiny_models import FRAMES, HEIGHT, LORA_RANK, WIDTH, lora_state, write_models  # noqa: E402
+from make_workflows import CORE_NODES, ROOT, WORKFLOWS, load_pack, render
+from tiny_models import FRAMES, HEIGHT, LORA_RANK, WIDTH, lora_state, write_models
 
 PACK = load_pack()
 import node_host  # noqa: E402

@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+from scaffold import RecordingRuntime
 from torch import nn
 
 from cogvideox_core.generation.conditioning import ConditioningInputs
@@ -15,7 +16,6 @@ from cogvideox_core.sampling.windows import ContextOptions
 from cogvideox_core.tiny import random_models
 from cogvideox_core.errors import Interrupted
 from cogvideox_core.generation.pipeline import GenerateRequest, generate, generate_latents
-from cogvideox_core.runtime import TorchRuntime
 
 H, W = 32, 48
 
@@ -34,20 +34,6 @@ class Spy(nn.Module):
     def forward(self, x, timestep, context, ofs=None):
         self.calls.append((x.clone(), timestep.clone(), ofs))
         return self.inner(x, timestep, context, ofs=ofs)
-
-
-class RecordingRuntime(TorchRuntime):
-    """A CPU runtime that records progress and can interrupt at a given step."""
-
-    def __init__(self, stop_at: int | None = None) -> None:
-        super().__init__(device="cpu", show_progress=False)
-        self.stop_at, self.steps, self.previews = stop_at, [], []
-
-    def progress(self, step, total, preview=None) -> None:
-        self.steps.append((step, total))
-        self.previews.append(preview)
-        if step == self.stop_at:
-            self.interrupt_event.set()
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +135,8 @@ class SmallMemoryRuntime(RecordingRuntime):
     records the memory each load asks for."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(free=256 * 1024)
         self.loads: list[tuple[str, int]] = []
-
-    def free_memory(self) -> int:
-        return 256 * 1024
 
     def load(self, model: nn.Module, extra_memory: int = 0) -> None:
         self.loads.append((type(model).__name__, extra_memory))

@@ -17,6 +17,7 @@ import logging
 
 import pytest
 import torch
+from scaffold import RecordingRuntime, randomize_norms
 from vae_configs import TINY_VAE_CONFIGS
 
 from cogvideox_core.vae import host_memory, tiling, tiling_exact
@@ -40,13 +41,7 @@ def _make_vae(config: VAEConfig, seed: int = 0, dtype: torch.dtype = torch.float
     """Torch's default layer init, GroupNorm affine moved away from 1/0 so it is exercised."""
     torch.manual_seed(seed)
     vae = CogVideoXVAE(config, ops=ops).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in vae.named_parameters():
-            if ops is not torch.nn:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
-            if "norm" in name and "conv" not in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=gen))
+    randomize_norms(vae, torch.Generator().manual_seed(seed + 1), other_std=None if ops is torch.nn else 0.1)
     return vae.to(dtype)
 
 
@@ -85,24 +80,6 @@ class _Recorder:
             return regions
 
         monkeypatch.setattr(tiling_exact, "regions_for_budget", record)
-
-
-class _Runtime:
-    """A CPU runtime with a chosen free memory that records progress and can interrupt."""
-
-    def __init__(self, free: int = 1 << 40, interrupt_at: int | None = None) -> None:
-        self.device = self.offload_device = self.intermediate_device = torch.device("cpu")
-        self.free, self.interrupt_at, self.steps = free, interrupt_at, []
-
-    def free_memory(self) -> int:
-        return self.free
-
-    def progress(self, step: int, total: int, preview=None) -> None:
-        self.steps.append((step, total))
-
-    def check_interrupt(self) -> None:
-        if self.interrupt_at is not None and len(self.steps) >= self.interrupt_at:
-            raise Interrupted("stop")
 
 
 # ---- exact decode ------------------------------------------------------------------------------
@@ -150,7 +127,7 @@ def test_streamed_chunks_are_the_decode(tiny: CogVideoXVAE) -> None:
 def test_exact_decode_with_tiles_from_a_small_free_memory(tiny: CogVideoXVAE,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     z = _latents(tiny.config, 4, 5, 6)
-    rt = _Runtime(free=256 * 1024)
+    rt = RecordingRuntime(free=256 * 1024)
     rec = _Recorder(monkeypatch)
     got = tiled_decode(tiny, z, runtime=rt)
     with torch.no_grad():
@@ -282,19 +259,19 @@ def test_host_heap_trimmed_after_every_chunk_of_a_host_store(tiny: CogVideoXVAE,
 
 def test_progress_once_per_chunk_and_interrupt(tiny: CogVideoXVAE) -> None:
     z = _latents(tiny.config, 7, 3, 4)
-    rt = _Runtime()
+    rt = RecordingRuntime(free=1 << 40)
     tiled_decode(tiny, z, tile=8, runtime=rt)
     n = len(decode_chunks(7))
     assert rt.steps == [(i, n) for i in range(1, n + 1)]
     calls = []
     tiled_encode(tiny, _video(17, 16, 16), tile=8, runtime=rt, progress=lambda s, t, p: calls.append((s, t)))
     assert calls == [(i, len(encode_chunks(17))) for i in range(1, len(encode_chunks(17)) + 1)]
-    fast = _Runtime()
+    fast = RecordingRuntime(free=1 << 40)
     tiled_decode(tiny, _latents(tiny.config, 4, 4, 4), tile=16, overlap=8, exact=False, runtime=fast)
     assert [s for s, _ in fast.steps] == list(range(1, len(fast.steps) + 1))  # per tile and chunk
     assert len(fast.steps) == fast.steps[-1][1] == 9 * len(decode_chunks(4))  # 3x3 tiles
     with pytest.raises(Interrupted):
-        tiled_decode(tiny, z, tile=8, runtime=_Runtime(interrupt_at=1))
+        tiled_decode(tiny, z, tile=8, runtime=RecordingRuntime(stop_at=1, free=1 << 40))
 
 
 def test_out_of_memory_retries_in_halves_keeping_finished_regions(tiny: CogVideoXVAE,

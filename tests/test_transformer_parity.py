@@ -13,7 +13,6 @@ Run ``python tests/test_transformer_parity.py`` for the table of max abs diffs p
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import types
 from collections import Counter
@@ -27,6 +26,9 @@ from diffusers.pipelines.cogvideo.pipeline_cogvideox import CogVideoXPipeline
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import CogVideoXImageToVideoPipeline
 from torch import nn
 
+import scaffold
+from scaffold import random_transformer
+
 from cogvideox_core.families import FAMILIES, TransformerConfig
 from cogvideox_core.ops import default_ops, sdpa_attention
 from cogvideox_core.models.positions import sincos_resized
@@ -35,7 +37,7 @@ from cogvideox_core.models.transformer import CogVideoXTransformer
 logger = logging.getLogger(__name__)
 
 TOL = 1e-5
-TEXT_DIM = 8
+TEXT_DIM = scaffold.TEXT_DIM
 BATCH = 2
 
 # (frames_lat, height_lat, width_lat, text_len) per family; the first entry is the trained
@@ -59,24 +61,13 @@ MAX_DIFFS: dict[str, dict[str, float]] = {}  # family -> {"trained": d, "other":
 
 
 def tiny_config(name: str) -> TransformerConfig:
-    base = FAMILIES[name].transformer
-    is15 = base.patch_size_t is not None
-    return dataclasses.replace(
-        base, num_layers=2, num_heads=2, head_dim=16, text_dim=TEXT_DIM, time_embed_dim=16,
-        ofs_embed_dim=16 if base.ofs_embed_dim else None,
-        sample_height=12 if is15 else 8, sample_width=12, sample_frames=17 if is15 else 9)
+    return scaffold.tiny_config(name)
 
 
 def build_pair(name: str, seed: int = 0) -> tuple[CogVideoXTransformer3DModel, CogVideoXTransformer]:
     """A seeded random diffusers model and ours with its state dict loaded strictly."""
     cfg = tiny_config(name)
-    torch.manual_seed(seed)
-    ref = CogVideoXTransformer3DModel(**cfg.to_diffusers()).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.normal_(0.0, 0.2)
-        if cfg.learned_positions:
-            ref.patch_embed.pos_embedding.normal_()
+    ref = random_transformer(cfg, seed)
     ours = CogVideoXTransformer(cfg)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours.eval()

@@ -10,6 +10,7 @@ import logging
 
 import pytest
 import torch
+from scaffold import randomize_norms
 from vae_configs import TINY_VAE_CONFIGS
 
 from cogvideox_core.families import VAEConfig
@@ -27,19 +28,10 @@ TOL = 1e-5
 CONFIGS = TINY_VAE_CONFIGS
 
 
-def _randomize_norms(model: torch.nn.Module, gen: torch.Generator) -> None:
-    """GroupNorm affine params away from 1/0, so they are exercised too."""
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and "conv" not in name:
-                base = 1.0 if name.endswith("weight") else 0.0
-                p.copy_(base + 0.2 * torch.randn(p.shape, generator=gen))
-
-
 def _make_pair(config: VAEConfig, seed: int = 0) -> tuple[torch.nn.Module, CogVideoXVAE]:
     torch.manual_seed(seed)
     ref = diffusers.AutoencoderKLCogVideoX(**config.to_diffusers()).eval()
-    _randomize_norms(ref, torch.Generator().manual_seed(seed + 1))
+    randomize_norms(ref, torch.Generator().manual_seed(seed + 1))
     ours = CogVideoXVAE(config).eval()
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours

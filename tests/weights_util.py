@@ -7,7 +7,7 @@ rules for the SAT layout, so a round trip through them checks the loader's mappi
 """
 from __future__ import annotations
 
-import dataclasses
+import copy
 import functools
 import json
 import math
@@ -20,9 +20,10 @@ import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 from safetensors.torch import save_file
 
-from cogvideox_core.families import FAMILIES, TransformerConfig, VAEConfig
+from cogvideox_core.families import FAMILIES, VAEConfig
+from scaffold import TEXT_DIM, randomize_norms, tiny_config  # noqa: F401 (TEXT_DIM, tiny_config: re-exported)
+from scaffold import random_transformer as random_diffusers_transformer
 
-TEXT_DIM = 8
 ROPE_1_0 = ("5b", "5b-i2v", "fun-5b-inp", "fun-5b-control")  # 5B-class: a tiny width cannot show it
 
 # (layout, prefix) pairs of single transformer files in circulation.
@@ -31,31 +32,15 @@ LAYOUTS = [("diffusers", ""), ("diffusers", "transformer."), ("diffusers", "mode
            ("sat", "model.diffusion_model.")]
 
 
-def tiny_config(name: str, small_sample: bool = True) -> TransformerConfig:
-    """The family's config at 2 layers, 2 heads x 16. ``small_sample``: an 8x12 (1.5: 12x12)
-    latent sample grid, which only a folder's config.json can tell the loader; otherwise the
-    family's real sample sizes, which a single file implies."""
-    base = FAMILIES[name].transformer
-    kw: dict[str, object] = dict(num_layers=2, num_heads=2, head_dim=16, text_dim=TEXT_DIM,
-                                 time_embed_dim=16, ofs_embed_dim=16 if base.ofs_embed_dim else None)
-    if small_sample:
-        is15 = base.patch_size_t is not None
-        kw.update(sample_height=12 if is15 else 8, sample_width=12, sample_frames=17 if is15 else 9)
-    return dataclasses.replace(base, **kw)  # type: ignore[arg-type]
-
-
 @functools.lru_cache(maxsize=None)
+def _random_transformer(name: str, small_sample: bool, seed: int) -> CogVideoXTransformer3DModel:
+    return random_diffusers_transformer(tiny_config(name, small_sample), seed)
+
+
 def random_transformer(name: str, small_sample: bool = True, seed: int = 0) -> CogVideoXTransformer3DModel:
-    """A seeded random tiny diffusers transformer of the family (weights ~N(0, 0.2))."""
-    cfg = tiny_config(name, small_sample)
-    torch.manual_seed(seed)
-    ref = CogVideoXTransformer3DModel(**cfg.to_diffusers()).eval()
-    with torch.no_grad():
-        for p in ref.parameters():
-            p.normal_(0.0, 0.2)
-        if cfg.learned_positions:
-            ref.patch_embed.pos_embedding.normal_()
-    return ref
+    """A seeded random tiny diffusers transformer of the family (weights ~N(0, 0.2)): a fresh
+    copy of a cached model each call, so a test that changes it cannot change another's."""
+    return copy.deepcopy(_random_transformer(name, small_sample, seed))
 
 
 def state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -154,14 +139,14 @@ VAE_TINY = VAEConfig(block_out_channels=(32, 32, 64, 64), latent_channels=4, lay
 
 
 @functools.lru_cache(maxsize=None)
-def random_vae(config: VAEConfig = VAE_TINY, seed: int = 0) -> AutoencoderKLCogVideoX:
+def _random_vae(config: VAEConfig, seed: int) -> AutoencoderKLCogVideoX:
     torch.manual_seed(seed)
-    ref = AutoencoderKLCogVideoX(**config.to_diffusers()).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name and "conv" not in name:
-                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape))
-    return ref
+    return randomize_norms(AutoencoderKLCogVideoX(**config.to_diffusers()).eval())
+
+
+def random_vae(config: VAEConfig = VAE_TINY, seed: int = 0) -> AutoencoderKLCogVideoX:
+    """A seeded tiny diffusers VAE, norms randomised: a fresh copy of a cached model each call."""
+    return copy.deepcopy(_random_vae(config, seed))
 
 
 # ---- files ----------------------------------------------------------------------------------
@@ -196,9 +181,14 @@ def write_header_only(path: Path, shapes: Mapping[str, tuple[int, ...]], dtype: 
     return path
 
 
-@functools.lru_cache(maxsize=None)
 def real_shapes(name: str) -> dict[str, tuple[int, ...]]:
-    """Every diffusers key and shape of the family's released transformer (built on meta)."""
+    """Every diffusers key and shape of the family's released transformer (built on meta): a
+    fresh dict each call (of immutable tuples), the meta model built once."""
+    return dict(_real_shapes(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _real_shapes(name: str) -> dict[str, tuple[int, ...]]:
     with torch.device("meta"):
         model = CogVideoXTransformer3DModel(**FAMILIES[name].transformer.to_diffusers())
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
