@@ -118,18 +118,8 @@ def node_problems(name: str, cls: Any, entry: Any) -> list[str]:
     zh_inputs = entry.get("inputs", {})
     problems += [f"{name}.inputs.{k}: no such input (stale)" for k in zh_inputs if k not in inputs]
     for key, spec in inputs.items():
-        zh = zh_inputs.get(key)
-        where = f"{name}.inputs.{key}"
-        if not isinstance(zh, dict):
-            problems.append(f"{where}: not translated")
-            continue
-        problems += [f"{where}: unknown key {k!r}" for k in zh if k not in {"name", "tooltip"}]
-        problems += _name_problems(where, zh.get("name"))
-        tip = english_tooltip(spec)
-        if tip:
-            problems += _text_problems(f"{where}.tooltip", zh.get("tooltip"), tip)
-        elif "tooltip" in zh:
-            problems.append(f"{where}.tooltip: the input has no tooltip (stale)")
+        problems += _slot_problems(f"{name}.inputs.{key}", "input", zh_inputs.get(key),
+                                   english_tooltip(spec), "tooltip" in zh_inputs.get(key, {}))
 
     count = len(cls.RETURN_TYPES)
     tips = list(getattr(cls, "OUTPUT_TOOLTIPS", None) or ())
@@ -138,17 +128,23 @@ def node_problems(name: str, cls: Any, entry: Any) -> list[str]:
                  if k not in {str(i) for i in range(count)}]
     for index in range(count):
         zh = zh_outputs.get(str(index))
-        where = f"{name}.outputs.{index}"
-        if not isinstance(zh, dict):
-            problems.append(f"{where}: not translated")
-            continue
-        problems += [f"{where}: unknown key {k!r}" for k in zh if k not in {"name", "tooltip"}]
-        problems += _name_problems(where, zh.get("name"))
-        tip = tips[index] if index < len(tips) else None
-        if tip:
-            problems += _text_problems(f"{where}.tooltip", zh.get("tooltip"), tip)
-        elif zh.get("tooltip"):
-            problems.append(f"{where}.tooltip: the output has no tooltip (stale)")
+        problems += _slot_problems(f"{name}.outputs.{index}", "output", zh,
+                                   tips[index] if index < len(tips) else None,
+                                   bool(isinstance(zh, dict) and zh.get("tooltip")))
+    return problems
+
+
+def _slot_problems(where: str, kind: str, zh: Any, english_tip: str | None, has_zh_tip: bool) -> list[str]:
+    """One input's or output's zh entry: translated, known keys, a name, a tooltip exactly where
+    the English one has one (``has_zh_tip``: whether the entry carries a tooltip at all)."""
+    if not isinstance(zh, dict):
+        return [f"{where}: not translated"]
+    problems = [f"{where}: unknown key {k!r}" for k in zh if k not in {"name", "tooltip"}]
+    problems += _name_problems(where, zh.get("name"))
+    if english_tip:
+        problems += _text_problems(f"{where}.tooltip", zh.get("tooltip"), english_tip)
+    elif has_zh_tip:
+        problems.append(f"{where}.tooltip: the {kind} has no tooltip (stale)")
     return problems
 
 
