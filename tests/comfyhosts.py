@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMFYHOST = ROOT.parent / "shared" / "comfyhost"
 CACHE = ROOT / ".cache"
 GENERATIONS = {"2024": CACHE / "comfyhost", "2025": CACHE / "comfyhost25"}
+TIMINGS: list[dict] = []  # host tests add rows (workflow x host -> frames, size, seconds)
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 

@@ -1,12 +1,13 @@
 """Fixtures shared by the host tests: the tiny models folder and one live ComfyUI per generation."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from comfyhosts import GENERATIONS, LiveServer
+from comfyhosts import GENERATIONS, TIMINGS, LiveServer
 from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models
 
 from cogvideox_core.video_io import write_mp4
@@ -44,3 +45,12 @@ def _inputs(folder: Path) -> None:
     write_mp4((torch.stack([ys, xs, 1 - ys], -1)[None] + drift) % 1.0, folder / "input_video.mp4")
 
 
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The host timings (workflow x host -> frames, size, seconds; pack import time) after the
+    run, for the closing notes; nothing when no host test ran."""
+    if TIMINGS:
+        terminalreporter.section("ComfyUI host timings")
+        for row in TIMINGS:
+            terminalreporter.write_line(json.dumps(row))

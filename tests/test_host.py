@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from comfyhosts import GENERATIONS, LiveServer, ensure_host, pack_import_seconds
+from comfyhosts import GENERATIONS, TIMINGS, LiveServer, ensure_host, pack_import_seconds
 from tiny_models import HEIGHT, WIDTH
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,6 @@ EXPECTED_FRAMES = {  # chained: 9 frames, then two chunks of 9 that overlap the 
 }
 NEEDS_CORE_VIDEO = {"cogvideox_video_to_video_core_nodes"}  # wired with ComfyUI's own video nodes
 CORE_VIDEO_NODES = ("LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo")  # not in 2024
-TIMINGS: list[dict] = []  # workflow x host -> frames, size, seconds (printed at the end)
 
 pytestmark = pytest.mark.skipif(os.environ.get("COGVIDEOX_SKIP_HOST") == "1",
                                 reason="COGVIDEOX_SKIP_HOST=1: real-host tests skipped on request")
@@ -251,10 +250,3 @@ def test_patcher_contract(generation: str, models: Path) -> None:
     steps += ["partial load lora"] if generation != "2024" else []  # see host_contract.py
     for step in steps:
         assert f"OK {step}" in proc.stdout, out[-3000:]
-
-
-def test_timings_table(server: LiveServer) -> None:
-    """Not a check: prints workflow x host -> frames, size, seconds for the closing notes (-s)."""
-    for row in TIMINGS:
-        if row["host"] == server.generation:
-            print(json.dumps(row))
