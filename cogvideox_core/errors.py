@@ -14,3 +14,14 @@ class WeightsError(CogVideoXError, ValueError):
 
 class Interrupted(CogVideoXError):
     """The run was interrupted by the user (through the runtime's interrupt check)."""
+
+
+class NonFiniteError(CogVideoXError):
+    """A computed result (sampled latents, decoded frames) holds NaN or inf; nothing is
+    written. The message says where it appeared and what usually causes it."""
+
+
+class NonFiniteWeightsError(WeightsError):
+    """A weight tensor holds NaN or infinite values as stored (found while it is read): the
+    file is damaged or was saved from a diverged training. The message names the file, the
+    tensor key and how many values are NaN and inf."""

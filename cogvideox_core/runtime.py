@@ -56,6 +56,7 @@ class TorchRuntime:
         self.show_progress = show_progress
         self.interrupt_event = threading.Event()
         self._bar = _TextBar()
+        self.last_step: tuple[int, int] | None = None  # (step, total) of the last progress call
 
     def load(self, model: nn.Module, extra_memory: int = 0) -> None:
         model.to(self.device)
@@ -67,22 +68,38 @@ class TorchRuntime:
         return _host_available_memory()
 
     def progress(self, step: int, total: int, preview: torch.Tensor | None = None) -> None:
+        self.last_step = (step, total)
         if self.show_progress:
             self._bar.update(step, total)
+
+    def interrupt(self) -> None:
+        """Ask the run to stop at its next check (thread- and signal-handler-safe)."""
+        self.interrupt_event.set()
 
     def check_interrupt(self) -> None:
         if self.interrupt_event.is_set():
             self.interrupt_event.clear()
-            raise Interrupted("interrupted by the user")
+            self._bar.end_line()
+            where = "" if self.last_step is None else f" at step {self.last_step[0]}/{self.last_step[1]}"
+            raise Interrupted(f"interrupted{where}")
 
 
 def _host_available_memory() -> int:
+    """RAM available to a new allocation: psutil, else Linux's MemAvailable, else 8 GiB."""
     try:
-        import psutil  # optional: only for a better estimate on CPU
+        import psutil  # in requirements.txt and in every ComfyUI
 
         return int(psutil.virtual_memory().available)
     except ImportError:
-        return 8 * 1024**3
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 1024**3
 
 
 class _TextBar:
@@ -90,6 +107,14 @@ class _TextBar:
 
     def __init__(self) -> None:
         self._start: float | None = None
+        self._open = False  # a bar line without its newline yet
+
+    def end_line(self) -> None:
+        """Finish a half-drawn bar line so the next message starts on its own line."""
+        if self._open:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self._open = False
 
     def update(self, step: int, total: int) -> None:
         now = time.monotonic()
@@ -99,6 +124,7 @@ class _TextBar:
         done = int(width * step / max(total, 1))
         rate = (now - self._start) / max(step, 1)
         sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {step}/{total} {rate:.2f}s/it")
+        self._open = step < total
         if step >= total:
             sys.stderr.write("\n")
             self._start = None

@@ -8,6 +8,8 @@ and VAE load the diffusers state dicts with ``strict=True``; the T5 module is sh
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from diffusers import (AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXDPMScheduler,
                        CogVideoXTransformer3DModel)
@@ -68,6 +70,16 @@ def build(name: str, seed: int = 0, layers: int = 2):
                     SchedulerConfig(snr_shift_scale=family.snr_shift_scale))
     ref = {"transformer": ref_t, "vae": ref_v, "text_encoder": t5, "tokenizer": tok}
     return ref, models
+
+
+def save_tree(name: str, root: Path, seed: int = 0):
+    """A tiny random ``name`` model saved as a diffusers tree at ``root`` (``save_pretrained``);
+    returns our :class:`Models` of the same weights."""
+    ref, models = build(name, seed)
+    for part in ("transformer", "vae", "text_encoder", "tokenizer"):
+        ref[part].save_pretrained(root / part)
+    CogVideoXDDIMScheduler(**scheduler_kwargs(models.family.snr_shift_scale)).save_pretrained(root / "scheduler")
+    return models
 
 
 def ref_pipeline(cls, ref: dict[str, object], sampler: str, family: Family):

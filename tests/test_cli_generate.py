@@ -15,8 +15,7 @@ import pytest
 import torch
 
 import diffusers  # noqa: F401  the oracle: installed by .ci/setup, never skipped
-from diffusers import CogVideoXDDIMScheduler  # noqa: E402
-from pipeline_models import build, scheduler_kwargs  # noqa: E402
+from pipeline_models import save_tree  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from cogvideox_core.cli.main import main  # noqa: E402
@@ -31,26 +30,16 @@ ARGS = ["--prompt", "a lighthouse at dusk", "--negative", "blurry", "--frames", 
         "--width", "48", "--steps", "3", "--seed", "11", "--device", "cpu"]
 
 
-def _save(name: str, root: Path):
-    ref, models = build(name)
-    ref["transformer"].save_pretrained(root / "transformer")
-    ref["vae"].save_pretrained(root / "vae")
-    ref["text_encoder"].save_pretrained(root / "text_encoder")
-    ref["tokenizer"].save_pretrained(root / "tokenizer")
-    CogVideoXDDIMScheduler(**scheduler_kwargs(models.family.snr_shift_scale)).save_pretrained(root / "scheduler")
-    return models
-
-
 @pytest.fixture(scope="module")
 def tiny_5b(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("tiny-5b")
-    return root, _save("5b", root)
+    return root, save_tree("5b", root)
 
 
 @pytest.fixture(scope="module")
 def tiny_inp(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("tiny-fun-5b-inp")
-    return root, _save("fun-5b-inp", root)
+    return root, save_tree("fun-5b-inp", root)
 
 
 def test_generate_mp4(tiny_5b, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

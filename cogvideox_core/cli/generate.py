@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import preflight
+from .preflight import OUT_SUFFIXES
+
 logger = logging.getLogger(__name__)
-
-OUT_SUFFIXES = (".mp4", ".safetensors")
-
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     """Register ``generate`` and ``demo`` on the CLI's subparsers."""
@@ -87,21 +87,29 @@ def _add_long_video(p: argparse.ArgumentParser) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    """Validate against the family from the headers, load, generate, write."""
+    """Judge everything that can be judged from flags, headers and media files, then load,
+    generate and write. Interrupts (SIGINT, SIGTERM) stop at the next step; nothing is written."""
     import torch
 
+    from .signals import interrupts_to
     from ..runtime import TorchRuntime
     from ..video_io import write_frames
 
-    out = _check_out(args.out)
     start = time.monotonic()
+    preflight.check_numbers(args)
+    device = preflight.check_device(args.device)
+    out = preflight.check_out(args)
+    preflight.check_components(args)
     family = _family_from_headers(args.model, args.family)
-    request, chain = _request(args, family)
-    runtime = TorchRuntime(device=args.device)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if runtime.device.type == "cuda" else "float32"))
-    models = _load(args, family.name, dtype, runtime)
-    frames = _generate(models, request, runtime, chain)
-    write_frames(frames, out, models.family.fps)
+    request, chain, plan = _request(args, family)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    runtime = TorchRuntime(device=device)
+    with interrupts_to(runtime):
+        models = _load(args, family.name, dtype, runtime)
+        runtime.check_interrupt()
+        frames = _generate(models, request, runtime, chain)
+        runtime.check_interrupt()  # a signal during the decode's last chunk
+        write_frames(frames, out, models.family.fps)
     sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
                      f"{models.family.name}, {time.monotonic() - start:.1f} s)\n")
     return 0
@@ -126,7 +134,7 @@ def _family_from_headers(model: str, family: str | None):
 
 
 def _request(args: argparse.Namespace, family):
-    """(request, chain options or None) with the inputs read from files, checked against
+    """(request, chain options or None, plan) with the inputs read from files, checked against
     ``family`` before any weights are loaded (cheap)."""
     import dataclasses
 
@@ -152,19 +160,17 @@ def _request(args: argparse.Namespace, family):
         from ..long_video.chain import check_tail
 
         check_tail(family, chain, plan.frames, plan.height, plan.width)
-    return request, chain
+    return request, chain, plan
 
 
 def _prompts(args: argparse.Namespace) -> list[str]:
     """The prompts file's non-empty lines, else ``--prompt``."""
-    if args.prompts_file is None:
-        if args.prompt is None:
-            raise ValueError("--prompt is missing: give --prompt TEXT or --prompts-file FILE")
-        return [args.prompt]
-    lines = [line.strip() for line in Path(args.prompts_file).read_text().splitlines() if line.strip()]
-    if not lines:
-        raise ValueError(f"--prompts-file {args.prompts_file}: no prompt in it (one per line)")
-    return lines
+    lines = preflight.check_prompts_file(args)
+    if lines is not None:
+        return lines
+    if args.prompt is None:
+        raise ValueError("--prompt is missing: give --prompt TEXT or --prompts-file FILE")
+    return [args.prompt]
 
 
 def _context(args: argparse.Namespace):
@@ -195,12 +201,30 @@ def _inputs(args: argparse.Namespace):
     from ..generation.conditioning import ConditioningInputs
     from ..video_io import read_image, read_video
 
-    image = None if not args.image else torch.cat([read_image(f) for f in args.image])
-    mask = None if args.mask is None else read_video(args.mask)[0].mean(dim=-1)  # [F, H, W]
+    def media(name: str, reader):
+        path = getattr(args, name)
+        return None if path is None else preflight.read_media(name, path, reader)
+
+    def clip(path: str) -> torch.Tensor:
+        return read_video(path)[0]
+
+    images = [preflight.read_media("image", f, read_image) for f in args.image or []]
+    image = _same_size("image", images, args.image) if images else None
+    mask = media("mask", clip)
     return ConditioningInputs(
-        image=image, end_image=None if args.end_image is None else read_image(args.end_image),
-        video=None if args.video is None else read_video(args.video)[0], mask=mask,
-        control=None if args.control is None else read_video(args.control)[0], denoise=args.denoise)
+        image=image, end_image=media("end_image", read_image), video=media("video", clip),
+        mask=None if mask is None else mask.mean(dim=-1),  # [F, H, W]
+        control=media("control", clip), denoise=args.denoise)
+
+
+def _same_size(name: str, images: list, paths: list[str]):
+    import torch
+
+    sizes = {tuple(i.shape[1:3]) for i in images}
+    if len(sizes) > 1:
+        listed = ", ".join(f"{p} {i.shape[2]}x{i.shape[1]}" for p, i in zip(paths, images))
+        raise ValueError(f"--{name}: the known frames differ in size ({listed}): give images of one size")
+    return torch.cat(images)
 
 
 def _load(args: argparse.Namespace, family: str, dtype, runtime):

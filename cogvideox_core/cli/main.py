@@ -2,8 +2,9 @@
 
 Each command is a subparser added by a ``_add_<command>(subparsers)`` function that sets
 ``run=<function(args) -> exit code>``; :func:`build_parser` lists them, :func:`main` dispatches.
-Errors a user can act on (a missing file, weights of another model) end the command with one
-line on stderr and exit code 1, never a traceback.
+Every failure ends the command with one line on stderr and exit code 1 (an interrupt: 130),
+never a traceback; ``--verbose`` adds the traceback. Out of memory, device and file-system
+failures get a hint on what to change.
 
 ``info PATH [--json]``: the family and components at PATH (model root, component folder or one
 ``.safetensors`` file), read from headers and config files only: instant on a 10 GB file.
@@ -15,15 +16,17 @@ import argparse
 import json
 import logging
 import sys
+import traceback
 from typing import Sequence
 
 from .generate import add_commands as _add_generate_commands
-from ..errors import CogVideoXError
+from ..errors import CogVideoXError, Interrupted
 from ..loading.weights import ModelInfo, inspect_path
 
 logger = logging.getLogger(__name__)
 
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_info(sub)
     _add_generate_commands(sub)  # generate, demo
+    for command in sub.choices.values():  # -v after the command too
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="log at DEBUG level and show tracebacks")
     return parser
 
 
@@ -44,11 +50,44 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.run(args))
-    except (CogVideoXError, ValueError, OSError) as e:  # user-facing: one line, no traceback
+    except (Exception, KeyboardInterrupt) as e:  # every failure: one line (+ traceback with -v)
+        message, code = describe_failure(e)
         if args.verbose:
-            raise
-        sys.stderr.write(f"error: {' '.join(str(e).split())}\n")
-        return EXIT_ERROR
+            traceback.print_exc()
+        sys.stderr.write(f"{message}\n")
+        return code
+
+
+def describe_failure(e: BaseException) -> tuple[str, int]:
+    """(one line for stderr, exit code) for a failure of a command."""
+    if isinstance(e, Interrupted):
+        return f"{e}: nothing written", EXIT_INTERRUPTED
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted: nothing written", EXIT_INTERRUPTED
+    text = " ".join(str(e).split())
+    if isinstance(e, (CogVideoXError, ValueError)):
+        return f"error: {text}", EXIT_ERROR
+    if _out_of_memory(e):
+        return (f"error: out of memory ({_first_line(text)}): use fewer --frames, a smaller "
+                "--height/--width, --context-frames, --cfg-sequential or --dtype bfloat16"), EXIT_ERROR
+    if isinstance(e, OSError):
+        where = f"{e.filename}: " if e.filename else ""
+        return f"error: {where}{e.strerror or text} (file system; check the path, space and "\
+               "permissions)", EXIT_ERROR
+    return (f"error: {type(e).__name__}: {_first_line(text)} (run with --verbose for the "
+            "traceback)"), EXIT_ERROR
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text
+                                            or "DefaultCPUAllocator" in text)
+
+
+def _first_line(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ---- info -----------------------------------------------------------------------------------
@@ -91,4 +130,4 @@ def format_info(info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["build_parser", "main", "format_info"]
+__all__ = ["build_parser", "main", "describe_failure", "format_info"]

@@ -123,6 +123,7 @@ def plan_conditioning(family: Family, inputs: ConditioningInputs, frames: int | 
     _check_v2v_frames(family, mode, frames, lat)
     family.check_size(height, width)
     _check_inputs_fit(mode, inputs, frames)
+    _check_upscale(inputs, height, width)
     padding = 0 if mode == "v2v" else family.temporal_padding(lat)
     denoise = _check_denoise(mode, inputs.denoise)
     return ConditioningPlan(mode, frames, height, width, lat, padding, family.ofs, denoise)
@@ -281,8 +282,30 @@ def _check_inputs_fit(mode: Mode, inputs: ConditioningInputs, frames: int) -> No
             raise ValueError(f"{known} known frames (image + end_image) do not fit frames={frames}")
 
 
+MAX_UPSCALE = 8  # an input enlarged more than this has less than one pixel per latent cell
+WARN_UPSCALE = 2
+
+
+def _check_upscale(inputs: ConditioningInputs, height: int, width: int) -> None:
+    """Refuse an image/video/mask far smaller than the video (a 1x1 start image would be
+    stretched into a flat colour); warn when it is enlarged more than :data:`WARN_UPSCALE`."""
+    for field in ("image", "end_image", "video", "control", "mask"):
+        x = getattr(inputs, field)
+        if x is None:
+            continue
+        h, w = (x.shape[1], x.shape[2])
+        scale = max(height / h, width / w)  # centre-crop then resize: the larger ratio
+        if scale > MAX_UPSCALE:
+            raise ValueError(f"{field} is {w}x{h} pixels: too small for a {width}x{height} video (it "
+                             f"would be enlarged {scale:.0f}x; at most {MAX_UPSCALE}x, i.e. at least "
+                             f"{-(-width // MAX_UPSCALE)}x{-(-height // MAX_UPSCALE)} pixels)")
+        if scale > WARN_UPSCALE:
+            logger.warning("%s is %dx%d pixels, enlarged %.1fx to %dx%d: expect a blurry start",
+                           field, w, h, scale, width, height)
+
+
 def _check_denoise(mode: Mode, denoise: float) -> float:
-    if not 0.0 < denoise <= 1.0:
+    if not 0.0 < denoise <= 1.0:  # NaN fails this too
         raise ValueError(f"denoise={denoise}: must be in (0, 1] (1 = start from pure noise)")
     if denoise < 1.0 and mode != "v2v":
         raise ValueError(f"denoise={denoise} < 1 needs a source video to start from "

@@ -12,6 +12,7 @@ holding frame 0 gets the start image (see README "How it works").
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import torch
 from .conditioning import (ConditioningInputs, ConditioningLatents, ConditioningPlan, build_conditioning,
                            plan_conditioning)
 from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
+from ..errors import NonFiniteError
 from ..families import Family
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
@@ -93,6 +95,7 @@ def generate_latents(models: Models, request: GenerateRequest, runtime: Runtime 
     runtime = runtime or TorchRuntime(show_progress=False)
     plan = plan or validate(models, request)
     scaled = sample_latents(models, request, runtime, plan)  # [1, F_total, C, h, w] scaled
+    check_finite(scaled, "the sampled latents", _NAN_HINT)
     return unscale(scaled[:, plan.padding:], models.family)
 
 
@@ -119,8 +122,8 @@ def validate(models: Models, request: GenerateRequest) -> ConditioningPlan:
 def _check_numbers(request: GenerateRequest) -> None:
     if request.steps < 1:
         raise ValueError(f"steps={request.steps}: must be at least 1")
-    if request.cfg < 0:
-        raise ValueError(f"cfg={request.cfg}: must be >= 0 (1 or less turns guidance off)")
+    if not (math.isfinite(request.cfg) and request.cfg >= 0):
+        raise ValueError(f"cfg={request.cfg}: must be a finite number >= 0 (1 or less turns guidance off)")
     if request.dynamic_cfg is not None and request.dynamic_cfg not in DYNAMIC_MODES:
         raise ValueError(f"dynamic_cfg={request.dynamic_cfg!r}: known: None, {', '.join(DYNAMIC_MODES)}")
     if not 0 <= request.seed < 2**64:
@@ -257,10 +260,26 @@ def progress_callback(runtime: Runtime, plan: ConditioningPlan, family: Family
     latents, unscaled [1, C, F_lat, h, w] without padding."""
 
     def callback(info: dict[str, Any]) -> None:
+        step = f"step {info['step'] + 1}/{info['total']}"
+        check_finite(info["denoised"], f"the model's prediction at sampling {step}", _NAN_HINT)
         preview = unscale(info["denoised"][:, plan.padding:], family)
         call_progress(runtime, info["step"] + 1, info["total"], preview)
 
     return callback
+
+
+_NAN_HINT = ("float16 overflows on the 5B and 1.5 models (use bfloat16 or float32); else check the "
+             "weights, a LoRA's strength, or cfg")
+_DECODE_HINT = "float16 overflows in the VAE (use bfloat16 or float32); else check the VAE weights"
+
+
+def check_finite(x: torch.Tensor, what: str, hint: str) -> None:
+    """:class:`~cogvideox_core.errors.NonFiniteError` naming ``what`` if ``x`` holds NaN or inf
+    (one reduction; nothing is written after it)."""
+    if not bool(torch.isfinite(x).all()):
+        nan, inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
+        raise NonFiniteError(f"{what} holds {nan} NaN and {inf} inf values of {x.numel()}: nothing "
+                             f"written; {hint}")
 
 
 # ---- latents to frames ----------------------------------------------------------------------
@@ -292,6 +311,7 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
     if models.vae is None:
         raise ValueError("vae=None: decoding latents to frames needs the VAE")
     video = decode_latents(models.vae, latents, runtime)  # [1, 3, F, H, W]
+    check_finite(video, "the VAE decode's frames", _DECODE_HINT)
     out = video_to_frames(video)  # [F, H, W, 3]
     if frames is not None:
         out = out[:frames]
@@ -300,4 +320,4 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
 
 __all__ = ["Models", "GenerateRequest", "generate", "generate_latents", "validate", "encode_text",
            "sample_latents", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
-           "model_call", "progress_callback", "unscale", "decode_latents", "latents_to_frames"]
+           "model_call", "progress_callback", "check_finite", "unscale", "decode_latents", "latents_to_frames"]

@@ -1,0 +1,207 @@
+"""What ``generate`` judges before any model loads: numbers, the device, the output path,
+the component at every weights flag (headers only) and the media files.
+
+Every refusal is a ``ValueError`` naming the flag, the value and what is allowed. The output
+may not be, or lie inside, any input: a run never overwrites the user's weights or clips.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+OUT_SUFFIXES = (".mp4", ".safetensors")
+MAX_STEPS = 1000  # the sampler node's bound
+INPUT_FLAGS = ("model", "vae", "text_encoder", "image", "end_image", "video", "mask", "control",
+               "prompts_file")
+MEDIA_FLAGS = ("image", "end_image", "video", "mask", "control")
+
+
+def flag(name: str) -> str:
+    """``text_encoder`` -> ``--text-encoder``."""
+    return "--" + name.replace("_", "-")
+
+
+# ---- numbers --------------------------------------------------------------------------------
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """Every number of ``generate``: finite and in its range."""
+    _finite_in("cfg", args.cfg, 0.0, math.inf, "a finite number >= 0 (1 or less: no guidance)")
+    _finite_in("denoise", args.denoise, 0.0, 1.0, "in (0, 1] (1: start from pure noise)", low_open=True)
+    _finite_in("colour_match", args.colour_match, 0.0, 1.0, "in 0..1 (0: off)")
+    _int_in("steps", args.steps, 1, MAX_STEPS)
+    if int(args.steps * args.denoise) < 1:
+        raise ValueError(f"--steps {args.steps} x --denoise {args.denoise} = "
+                         f"{args.steps * args.denoise:g} steps run: at least 1 must (raise --steps "
+                         f"to {math.ceil(1 / args.denoise)} or more)")
+    _int_in("seed", args.seed, 0, 2**64 - 1)
+    for name in ("frames", "height", "width", "context_frames"):
+        if getattr(args, name) is not None:
+            _int_in(name, getattr(args, name), 1, None)
+    _int_in("context_overlap", args.context_overlap, 0, None)
+    _int_in("context_batch", args.context_batch, 1, None)
+    _int_in("extend_chunks", args.extend_chunks, 1, None)
+    _int_in("extend_overlap", args.extend_overlap, 0, None)
+
+
+def _finite_in(name: str, value: float, low: float, high: float, allowed: str,
+               low_open: bool = False) -> None:
+    below = value <= low if low_open else value < low
+    if not math.isfinite(value) or below or value > high:
+        raise ValueError(f"{flag(name)} {value}: must be {allowed}")
+
+
+def _int_in(name: str, value: int, low: int, high: int | None) -> None:
+    if value < low or (high is not None and value > high):
+        allowed = f"at least {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{flag(name)} {value}: must be {allowed}")
+
+
+# ---- device ---------------------------------------------------------------------------------
+
+def check_device(spec: str | None) -> torch.device:
+    """The device ``--device`` names, present and usable in this torch; default cuda if
+    available, else cpu."""
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ValueError(f"--device {spec}: not a device name; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        return _check_cuda(spec, device)
+    if device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"--device {spec}: MPS is not available on this machine; use cpu")
+        return device
+    raise ValueError(f"--device {spec}: {device.type} is not supported here; use cpu, cuda, cuda:N or mps")
+
+
+def _check_cuda(spec: str, device: torch.device) -> torch.device:
+    if torch.version.cuda is None and torch.version.hip is None:
+        raise ValueError(f"--device {spec}: this torch ({torch.__version__}) is a CPU-only build; "
+                         "install a CUDA build of torch, or use --device cpu")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {spec}: no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES); "
+                         "use --device cpu")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ValueError(f"--device {spec}: there are {count} CUDA device(s): cuda:0..cuda:{count - 1}")
+    return device
+
+
+# ---- the output -----------------------------------------------------------------------------
+
+def check_out(args: argparse.Namespace) -> Path:
+    """``--out``: the right extension, not a folder, its folder writable, and not (inside) any
+    input of the run."""
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out {args.out}: the file must end in {' or '.join(OUT_SUFFIXES)}")
+    if out.is_dir():
+        raise ValueError(f"--out {args.out}: is a folder; give a file name ending in "
+                         f"{' or '.join(OUT_SUFFIXES)}")
+    for name, path in _input_paths(args):
+        if _same_or_inside(out, path):
+            raise ValueError(f"--out {args.out}: is {'' if out.resolve() == path.resolve() else 'inside '}"
+                             f"the {flag(name)} input {path}; writing there would destroy it: choose "
+                             "another file")
+    _check_writable(out, args.out)
+    return out
+
+
+def _input_paths(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    found = []
+    for name in INPUT_FLAGS:
+        value = getattr(args, name, None)
+        for item in value if isinstance(value, list) else [value]:
+            if item is not None:
+                found.append((name, Path(item).expanduser()))
+    return found
+
+
+def _same_or_inside(out: Path, path: Path) -> bool:
+    out_r, path_r = out.resolve(), path.resolve()
+    if out_r == path_r or path_r in out_r.parents:
+        return True
+    return out.exists() and path.exists() and os.path.samefile(out, path)  # hard links
+
+
+def _check_writable(out: Path, given: str) -> None:
+    folder = out.parent
+    while not folder.exists():  # created on write: judge the nearest existing folder
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"--out {given}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {given}: the folder {folder} is not writable")
+
+
+# ---- weights --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ComponentSizes:
+    """Values (parameters) of each component, from the headers (for the memory estimate)."""
+
+    transformer: int
+    vae: int
+    text_encoder: int
+
+    def nbytes(self, dtype: torch.dtype) -> int:
+        """Bytes of all three in ``dtype``."""
+        return (self.transformer + self.vae + self.text_encoder) * dtype.itemsize
+
+
+def check_components(args: argparse.Namespace) -> ComponentSizes:
+    """Each weights flag holds the component it is given for (headers only)."""
+    from ..errors import WeightsError
+    from ..loading.weights import find_component
+
+    sizes = {}
+    for name, given in (("transformer", "model"), ("vae", "vae"), ("text_encoder", "text_encoder")):
+        source = given if getattr(args, given) is not None else "model"
+        try:
+            comp = find_component(getattr(args, source), name)
+            sizes[name] = sum(math.prod(e.shape) for e in comp.index.values())
+        except WeightsError as e:
+            hint = f": give {flag(given)} PATH" if source == "model" and given != "model" else ""
+            raise WeightsError(f"{flag(source)} {e}{hint}") from None
+    return ComponentSizes(**sizes)
+
+
+# ---- media ----------------------------------------------------------------------------------
+
+def check_prompts_file(args: argparse.Namespace) -> list[str] | None:
+    """The prompts file's non-empty lines (UTF-8), or None without one."""
+    if args.prompts_file is None:
+        return None
+    path = Path(args.prompts_file).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompts-file {args.prompts_file}: not UTF-8 text (byte {e.start}); "
+                         "save it as UTF-8") from None
+    except OSError as e:
+        raise ValueError(f"--prompts-file {args.prompts_file}: cannot read it ({e.strerror})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"--prompts-file {args.prompts_file}: no prompt in it (one per line)")
+    return lines
+
+
+def read_media(name: str, path: str, reader):
+    """``reader(path)`` with a failure reworded to name the flag."""
+    try:
+        return reader(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{flag(name)} {path}: {' '.join(str(e).split())}") from None
+
+
+__all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_out",
+           "ComponentSizes", "check_components", "check_prompts_file", "read_media"]
