@@ -205,8 +205,8 @@ def _inputs(args: argparse.Namespace):
         path = getattr(args, name)
         return None if path is None else preflight.read_media(name, path, reader)
 
-    def clip(path: str) -> torch.Tensor:
-        return read_video(path)[0]
+    def clip(path: str, label: str) -> torch.Tensor:
+        return read_video(path, label=label)[0]
 
     images = [preflight.read_media("image", f, read_image) for f in args.image or []]
     image = _same_size("image", images, args.image) if images else None

@@ -196,11 +196,8 @@ def check_prompts_file(args: argparse.Namespace) -> list[str] | None:
 
 
 def read_media(name: str, path: str, reader):
-    """``reader(path)`` with a failure reworded to name the flag."""
-    try:
-        return reader(path)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{flag(name)} {path}: {' '.join(str(e).split())}") from None
+    """``reader(path, label=the flag)``: a failure names the flag and the file."""
+    return reader(path, label=flag(name))
 
 
 __all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_out",

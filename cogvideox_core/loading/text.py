@@ -2,7 +2,8 @@
 
 Every family reads T5-v1.1-XXL hidden states [B, 226, 4096]: tokenized to exactly 226 tokens
 (``padding="max_length"``, truncation, ``</s>``) and encoded WITHOUT an attention mask, as in
-training (README "How it works"); a longer prompt warns how many tokens were dropped. Weights: a
+training (README "How it works"); a longer prompt warns how many tokens were dropped, and one
+T5 cannot read (Chinese, emoji: ``<unk>``) warns too (:class:`PromptReport`). Weights: a
 diffusers ``text_encoder/`` folder or a single ComfyUI-style T5 file, whose config is read off
 the shapes (so tiny test files work); fp8 files are upcast, ``scaled_fp8`` dequantised, and
 ``weight_dtype=fp8`` keeps ``wo`` in ``dtype`` (transformers casts activations to its dtype).
@@ -28,6 +29,7 @@ from .weights import component_plan, find_component, load_module, plan_shapes, s
 logger = logging.getLogger(__name__)
 
 MAX_LENGTH = 226  # max_text_seq_length of every CogVideoX transformer
+UNKNOWN_SHARE = 0.25  # warn from this share of a prompt unknown to T5 (PromptReport.mostly_unknown)
 SHIPPED_TOKENIZER = Path(__file__).resolve().parents[1] / "data" / "t5_tokenizer"
 T5_FP8_KEYS = re.compile(
     r"^encoder\.block\.\d+\.layer\.\d+\.(SelfAttention\.[qkvo]|DenseReluDense\.wi(_[01])?)\.weight$")
@@ -64,8 +66,13 @@ class TextEncoder:
             self.model = T5Encoder(self.model)
 
     def encode(self, prompts: str | Sequence[str]) -> torch.Tensor:
-        """Prompts -> last hidden states [B, max_length, d_model] in the model's dtype/device."""
+        """Prompts -> last hidden states [B, max_length, d_model] in the model's dtype/device
+        (logs what :meth:`report` finds)."""
         return encode_prompts(self.model, self.tokenizer, prompts, self.max_length)
+
+    def report(self, prompts: str | Sequence[str]) -> list[PromptReport]:
+        """What the encoder will make of each prompt (cut, unknown), without encoding."""
+        return prompt_reports(self.tokenizer, prompts, self.max_length)
 
 
 def load_tokenizer(path: str | Path | None = None) -> object:
@@ -79,17 +86,81 @@ def load_tokenizer(path: str | Path | None = None) -> object:
     return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
 
 
+@dataclass(frozen=True)
+class PromptReport:
+    """What the T5 encoder makes of one prompt, for the console and for a host to show.
+
+    ``tokens``: its length with ``</s>`` before truncation. ``unknown`` of ``total``: how much of
+    it T5's vocabulary lacks, counted per character, each unknown character as one token: the
+    tokenizer fuses a run of unknown characters into one ``<unk>``, so a whole Chinese sentence is
+    1 ``<unk>`` of 2 tokens and a token share would understate it (``total`` = known tokens +
+    unknown characters; ``</s>``, padding and bare word-start pieces do not count)."""
+
+    tokens: int
+    max_length: int
+    unknown: int
+    total: int
+
+    @property
+    def dropped(self) -> int:
+        """Tokens cut from the end (``</s>`` is kept)."""
+        return max(0, self.tokens - self.max_length)
+
+    @property
+    def mostly_unknown(self) -> bool:
+        """True from :data:`UNKNOWN_SHARE` of the prompt unknown: stray symbols T5 lacks
+        (``{ } ~ <``, an accented letter) in an English prompt stay below it; a Chinese clause or
+        an emoji-only prompt does not."""
+        return self.unknown > 0 and self.unknown >= UNKNOWN_SHARE * self.total
+
+    def warnings(self, name: str = "prompt") -> list[str]:
+        """The console lines for this prompt (none when it is fine); ``name`` says which prompt."""
+        out = []
+        if self.dropped:
+            out.append(f"{name} truncated to {self.max_length} tokens: {self.dropped} tokens dropped "
+                       f"(the T5 encoder reads at most {self.max_length})")
+        if self.mostly_unknown:
+            out.append(f"{name}: {self.unknown} of {self.total} tokens are unknown to the T5 encoder "
+                       "(it reads English; translate the prompt)")
+        return out
+
+
+def prompt_reports(tokenizer: object, prompts: str | Sequence[str],
+                   max_length: int = MAX_LENGTH) -> list[PromptReport]:
+    """A :class:`PromptReport` per prompt, without encoding (cheap: one tokenizer call)."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    fast = bool(getattr(tokenizer, "is_fast", False))  # offsets need a tokenizers-backed one
+    # verbose=False: transformers' own "longer than the maximum" warning says nothing we don't
+    enc = tokenizer(prompts, add_special_tokens=True, verbose=False,  # type: ignore[operator]
+                    return_offsets_mapping=fast)
+    offsets = enc["offset_mapping"] if fast else [None] * len(prompts)
+    return [PromptReport(len(ids), max_length, *_unknown_share(tokenizer, text, ids, spans))
+            for text, ids, spans in zip(prompts, enc["input_ids"], offsets)]
+
+
+def _unknown_share(tokenizer: Any, text: str, ids: list[int],
+                   spans: list[tuple[int, int]] | None) -> tuple[int, int]:
+    """(unknown characters, known tokens + unknown characters) of one tokenized prompt."""
+    unk, special = tokenizer.unk_token_id, set(tokenizer.all_special_ids)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    unknown = known = 0
+    for i, (tok, piece) in enumerate(zip(ids, pieces)):
+        if tok == unk:  # a fused run of unknown characters: count its non-space characters
+            unknown += 1 if spans is None else max(1, sum(not c.isspace() for c in text[slice(*spans[i])]))
+        elif tok not in special and piece.strip("\u2581"):  # "\u2581": SentencePiece's word start
+            known += 1
+    return unknown, unknown + known
+
+
 def tokenize(tokenizer: object, prompts: str | Sequence[str], max_length: int = MAX_LENGTH) -> torch.Tensor:
-    """Token ids [B, max_length] as the pipelines make them; warns when a prompt is cut."""
+    """Token ids [B, max_length] as the pipelines make them; logs one warning per cut or mostly
+    unknown prompt (:meth:`PromptReport.warnings`)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids = tokenizer(prompts, padding="max_length", max_length=max_length,  # type: ignore[operator]
                     truncation=True, add_special_tokens=True, return_tensors="pt").input_ids
-    full = tokenizer(prompts, add_special_tokens=True).input_ids  # type: ignore[operator]
-    for i, tokens in enumerate(full):
-        if len(tokens) > max_length:
-            dropped = tokenizer.decode(tokens[max_length - 1:-1])  # type: ignore[attr-defined]
-            logger.warning("prompt %d is %d tokens, T5 takes %d: %d tokens dropped from the end (%r)",
-                           i, len(tokens), max_length, len(tokens) - max_length, dropped)
+    for i, report in enumerate(prompt_reports(tokenizer, prompts, max_length)):
+        for line in report.warnings("prompt" if len(prompts) == 1 else f"prompt {i}"):
+            logger.warning("%s", line)
     return ids
 
 
@@ -211,6 +282,7 @@ def load_text_encoder(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     return TextEncoder(model, load_tokenizer(folder))
 
 
-__all__ = ["MAX_LENGTH", "SHIPPED_TOKENIZER", "T5Encoder", "TextEncoder", "adopt_layers", "load_tokenizer", "tokenize",
+__all__ = ["MAX_LENGTH", "SHIPPED_TOKENIZER", "UNKNOWN_SHARE", "PromptReport", "T5Encoder", "TextEncoder",
+           "adopt_layers", "load_tokenizer", "prompt_reports", "tokenize",
            "encode_prompts", "t5_config_from_shapes", "load_t5_encoder", "tokenizer_folder",
            "load_text_encoder"]
