@@ -6,13 +6,19 @@ Pack-specific objects travel on pack-specific sockets (``COGVIDEOX_MODEL``, ``CO
 """
 from __future__ import annotations
 
+import math
+import re
+import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import Any, Sequence
 
 import torch
 
+from ..cogvideox_core.errors import CogVideoXError
 from ..cogvideox_core.families import LATENT_CHANNELS, Family
 from ..cogvideox_core.generation.conditioning import ConditioningInputs
+from . import host
 
 MODEL = "COGVIDEOX_MODEL"
 VAE = "COGVIDEOX_VAE"
@@ -95,6 +101,22 @@ def choice(name: str, value: str, allowed: tuple[str, ...] | list[str]) -> str:
     return value
 
 
+def check_finite(node: Any, **values: Any) -> None:
+    """A ValueError naming the first of ``values`` (FLOAT inputs of ``node``) that is not a
+    finite number, with the range its widget allows. ComfyUI checks a widget's min/max, but
+    NaN passes those comparisons (the API's JSON accepts NaN and Infinity)."""
+    for name, value in values.items():
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)):
+            raise ValueError(f"{name}={value!r} is not allowed: {name} takes a finite number"
+                             f"{_widget_range(node, name)}")
+
+
+def _widget_range(node: Any, name: str) -> str:
+    spec = type(node).INPUT_TYPES()
+    opts = {**spec.get("required", {}), **spec.get("optional", {})}.get(name, ("", {}))[1]
+    return f" from {opts['min']:g} to {opts['max']:g}" if {"min", "max"} <= set(opts) else ""
+
+
 def latent_samples(name: str, latent: Any) -> torch.Tensor:
     """The [B, C, T, H, W] tensor of a LATENT; a ValueError naming ``name`` otherwise."""
     samples = latent.get("samples") if isinstance(latent, dict) else None
@@ -105,6 +127,9 @@ def latent_samples(name: str, latent: Any) -> torch.Tensor:
     if samples.shape[1] != LATENT_CHANNELS:
         raise ValueError(f"{name}: samples have {samples.shape[1]} channels; CogVideoX latents have "
                          f"{LATENT_CHANNELS}")
+    if 0 in samples.shape:
+        raise ValueError(f"{name}: samples {tuple(samples.shape)} are empty: batch, frames, height "
+                         "and width must each be at least 1")
     return samples
 
 
@@ -114,3 +139,56 @@ def images_tensor(name: str, images: Any) -> torch.Tensor:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"{name}: expected IMAGE frames [F, H, W, 3]; got {shape}")
     return images[..., :3].float()
+
+
+# ---- out of memory ------------------------------------------------------------------------
+
+class OutOfMemory(CogVideoXError, RuntimeError):
+    """A node ran out of device or host memory; the message says where and what to change."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, and ComfyUI's ``OOM_EXCEPTION``), Python's MemoryError,
+    or a RuntimeError of a failed allocation (the CPU allocator, MPS, XPU)."""
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and any(
+        s in text for s in ("out of memory", "can't allocate memory", "DefaultCPUAllocator"))
+
+
+class out_of_memory:  # noqa: N801 (used as ``with out_of_memory(...)``, like a function)
+    """``with out_of_memory(what, changes, *patchers):`` turns an out-of-memory error in the
+    block into one :class:`OutOfMemory`: "Out of memory while <what> (<allocation>). To fit,
+    change one of: <changes>." Before raising, the failed call's frames are cleared (their
+    activations freed) and the host unloads the models (``host.release_memory``: ComfyUI's own
+    reaction to an OOM), so none is left half-moved and the next run loads them again. Every
+    other exception, the pack's own errors and ``ValueError`` included, passes unchanged."""
+
+    def __init__(self, what: str, changes: Sequence[str], *patchers: Any) -> None:
+        self.what, self.changes, self.patchers = what, tuple(changes), patchers
+
+    def __enter__(self) -> "out_of_memory":
+        return self
+
+    def __exit__(self, kind: type | None, exc: BaseException | None, tb: TracebackType | None) -> bool:
+        if exc is None or isinstance(exc, (CogVideoXError, ValueError)) or not is_out_of_memory(exc):
+            return False
+        detail = _allocation(exc)
+        traceback.clear_frames(tb)  # the failed call's tensors go now, not with the exception
+        host.release_memory(*self.patchers)
+        raise OutOfMemory(f"Out of memory while {self.what} ({detail}). To fit, change one of: "
+                          f"{'; '.join(self.changes)}. The models were unloaded cleanly and load "
+                          "again on the next run.") from exc
+
+
+def _allocation(e: BaseException) -> str:
+    """The short part of an allocator message: "tried to allocate 2.00 GiB", else its start."""
+    text = " ".join(str(e).split())
+    found = re.search(r"tried to allocate ([\d.]+) ?([KMGT]?i?B(?:ytes)?)", text, re.IGNORECASE)
+    if found:
+        amount, unit = found.groups()
+        if unit.lower() == "bytes":  # the CPU allocator counts bytes
+            amount, unit = f"{float(amount) / 2**30:.2f}", "GiB"
+        return f"{type(e).__name__}: tried to allocate {amount} {unit}"
+    return f"{type(e).__name__}: {text[:160]}{'...' if len(text) > 160 else ''}"

@@ -17,7 +17,7 @@ from ..cogvideox_core.families import SIZE_UNIT, TEMPORAL_COMPRESSION, latent_sh
 from ..cogvideox_core.generation.conditioning import ConditioningInputs
 from . import host
 from .common import (CONDITIONING, MAX_FRAMES, MAX_RESOLUTION, VAE, PromptConditioning, VAEHandle,
-                     float_input, images_tensor, int_input, tip)
+                     check_finite, float_input, images_tensor, int_input, tip)
 
 
 def size_inputs(width: int = 720, height: int = 480, frames: int = 49) -> dict[str, tuple]:
@@ -128,6 +128,7 @@ class CogVideoXFunInpaint(_ConditioningNode):
                   (("image", start_images), ("end_image", end_image), ("video", video)) if x is not None}
         if mask is not None:
             images["mask"] = mask_tensor("mask", mask)
+        check_finite(self, noise_aug=noise_aug)
         if noise_aug != -1.0 and noise_aug < 0:
             raise ValueError(f"noise_aug={noise_aug} must be -1 (the model's rule) or >= 0")
         aug = None if noise_aug == -1.0 else float(noise_aug)

@@ -17,7 +17,7 @@ from ..cogvideox_core.loading.text import load_text_encoder
 from ..cogvideox_core.loading.weights import (COMPUTE_DTYPES, FP8_DTYPES, load_scheduler_config,
                                               load_transformer, load_vae)
 from . import host
-from .common import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle, choice, float_input, tip
+from .common import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle, check_finite, choice, float_input, tip
 
 # Storage dtype choices; "auto" is bf16 where the device supports it, else fp32. fp8 stores
 # the block matmul weights in fp8 and computes in the auto dtype (see cogvideox_core.loading.weights).
@@ -145,6 +145,7 @@ class CogVideoXLoraLoader:
         }}
 
     def load(self, model: ModelHandle, lora: str, strength: float = 1.0) -> tuple[ModelHandle]:
+        check_finite(self, strength=strength)
         if strength == 0.0:
             return (model,)
         path = host.model_path("lora", lora, "lora")

@@ -15,16 +15,27 @@ from typing import Any
 import torch
 
 from ..cogvideox_core.families import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, check_frames, pixel_frames
-from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents
-from ..cogvideox_core.long_video.chain import ChainOptions, extend_chain
+from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents, validate
+from ..cogvideox_core.long_video.chain import ChainOptions, check_chain, extend_chain
 from ..cogvideox_core.sampling import SAMPLER_NAMES
 from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
 from . import host
 from .common import (CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, T5, VAE, ModelHandle, PromptConditioning,
-                     T5Handle, VAEHandle, choice, float_input, images_tensor, int_input, latent_samples, tip)
+                     T5Handle, VAEHandle, check_finite, choice, float_input, images_tensor, int_input,
+                     latent_samples, out_of_memory, tip)
 from .text import encode_lines
 
 SAMPLERS = ("auto", *SAMPLER_NAMES)
+FP8_CHANGE = "weight_dtype fp8 in CogVideoX Model Loader (half the weight memory)"
+EXTEND_CHANGES = ("fewer frames per chunk (frames)", "smaller images (scale the video down before this node)",
+                  FP8_CHANGE, "dtype bf16 in CogVideoX VAE Loader (half of fp32)")
+
+
+def sampling_changes(context: ContextOptions | None) -> tuple[str, ...]:
+    """What to change when sampling runs out of memory (for the out-of-memory error)."""
+    windows = ("a shorter length_frames, or batch_windows 1, in CogVideoX Context Options" if context else
+               "context windows: a CogVideoX Context Options node on context_options (the memory of one window)")
+    return ("fewer frames or a smaller width/height (on the node that makes the latent)", windows, FP8_CHANGE)
 
 
 def sampling_inputs() -> dict[str, tuple]:
@@ -95,21 +106,24 @@ class CogVideoXSampler:
                context_options: ContextOptions | None = None) -> tuple[dict]:
         samples = latent_samples("latent", latent)
         choice("sampler", sampler, SAMPLERS)
+        check_finite(self, cfg=cfg, denoise=denoise)
         batch, _c, t, h, w = samples.shape
         vae = conditioning.vae
         models = Models(model.model, model.family, None if vae is None else vae.model,
                         scheduler=model.scheduler)
-        runtime = host.runtime(model.patcher, *([] if vae is None else [vae.patcher]))
-        inputs = dataclasses.replace(conditioning.inputs, denoise=float(denoise))
-        outs = []
-        for i in range(batch):  # video i uses seed + i
-            request = GenerateRequest(
-                inputs=inputs, frames=pixel_frames(t), height=h * SPATIAL_COMPRESSION,
-                width=w * SPATIAL_COMPRESSION, steps=steps, cfg=cfg,
-                sampler=None if sampler == "auto" else sampler, seed=(seed + i) % 2**64,
-                context=context_options, prompt_embeds=conditioning.positive,
-                negative_embeds=conditioning.negative)
-            outs.append(host.to_intermediate(generate_latents(models, request, runtime)))
+        request = GenerateRequest(
+            inputs=dataclasses.replace(conditioning.inputs, denoise=float(denoise)), frames=pixel_frames(t),
+            height=h * SPATIAL_COMPRESSION, width=w * SPATIAL_COMPRESSION, steps=steps, cfg=cfg,
+            sampler=None if sampler == "auto" else sampler, seed=seed, context=context_options,
+            prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
+        plan = validate(models, request)  # before anything is loaded
+        patchers = (model.patcher, *([] if vae is None else [vae.patcher]))
+        runtime = host.runtime(*patchers)
+        with out_of_memory(f"sampling {plan.frames} frames at {plan.width}x{plan.height}",
+                           sampling_changes(context_options), *patchers):
+            outs = [host.to_intermediate(generate_latents(  # video i uses seed + i
+                models, dataclasses.replace(request, seed=(seed + i) % 2**64), runtime, plan))
+                for i in range(batch)]
         return ({"samples": torch.cat(outs)},)
 
 
@@ -153,14 +167,22 @@ class CogVideoXExtendVideo:
         video = images_tensor("images", images)
         check_frames("frames", frames)
         choice("sampler", sampler, SAMPLERS)
+        check_finite(self, cfg=cfg, colour_match=colour_match)
+        f, h, w, _c = video.shape
+        if overlap_frames > f:
+            raise ValueError(f"overlap_frames={overlap_frames} exceeds the {f} frames of images")
         end = None if end_image is None else images_tensor("end_image", end_image)[-1:]
-        embeds = encode_lines(t5, prompts, chunks)  # one [1, 226, D] per line, or None
-        options = ChainOptions(chunks, overlap_frames, colour_match, end, prompt_embeds=embeds)
+        options = ChainOptions(chunks, overlap_frames, colour_match, end)
         models = Models(model.model, model.family, vae.model, scheduler=model.scheduler)
         request = GenerateRequest(frames=frames, steps=steps, cfg=cfg, seed=seed,
                                   sampler=None if sampler == "auto" else sampler,
                                   prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
-        out = extend_chain(models, request, video, options, host.runtime(model.patcher, vae.patcher))
+        check_chain(models, request, options, h, w)  # before anything is loaded (the T5 included)
+        embeds = encode_lines(t5, prompts, chunks)  # one [1, 226, D] per line, or None
+        options = dataclasses.replace(options, prompt_embeds=embeds)
+        with out_of_memory(f"extending by chunks of {frames} frames at {w}x{h}", EXTEND_CHANGES,
+                           model.patcher, vae.patcher):
+            out = extend_chain(models, request, video, options, host.runtime(model.patcher, vae.patcher))
         return (host.to_intermediate(out),)
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import torch
 
-from ..cogvideox_core.families import SPATIAL_COMPRESSION, check_frames
+from ..cogvideox_core.families import SPATIAL_COMPRESSION, check_frames, pixel_frames
 from ..cogvideox_core.vae.tiling import check_settings, decode_memory, encode_memory, tiled_decode, tiled_encode
 from ..cogvideox_core.video_io import frames_to_video, video_to_frames
 from . import host
-from .common import MAX_RESOLUTION, VAE, VAEHandle, images_tensor, int_input, latent_samples, tip
+from .common import MAX_RESOLUTION, VAE, VAEHandle, images_tensor, int_input, latent_samples, out_of_memory, tip
 
 
 def tile_inputs() -> dict[str, tuple]:
@@ -33,6 +33,13 @@ def tile_inputs() -> dict[str, tuple]:
 
 def _settings(tile: int, overlap: int) -> dict[str, Any]:
     return {"tile": tile or None, "overlap": overlap or None}
+
+
+def vae_changes(tile: int) -> tuple[str, ...]:
+    """What to change when a VAE pass runs out of memory (for the out-of-memory error)."""
+    smaller = f"a tile below {tile}" if tile else "a tile of 256 or less (0 chose one from free memory)"
+    return (smaller, "dtype bf16 in CogVideoX VAE Loader (half of fp32)",
+            "fewer frames or a smaller size upstream (the frames are kept in memory)")
 
 
 class CogVideoXTiledDecode:
@@ -55,9 +62,12 @@ class CogVideoXTiledDecode:
         settings = _settings(tile, overlap)
         check_settings(vae.model.config, **settings, exact=exact)  # before loading
         runtime = host.runtime(vae.patcher)
-        model = host.load(runtime, vae.patcher, decode_memory(vae.model, z))
-        video = tiled_decode(model, z, exact=exact, runtime=runtime, **settings)  # [B, 3, F, H, W]
-        return (host.to_intermediate(video_to_frames(video)),)  # [B*F, H, W, 3]
+        b, _c, t, h, w = z.shape
+        what = f"decoding {b} x {pixel_frames(t)} frames at {w * SPATIAL_COMPRESSION}x{h * SPATIAL_COMPRESSION}"
+        with out_of_memory(what, vae_changes(tile), vae.patcher):
+            model = host.load(runtime, vae.patcher, decode_memory(vae.model, z))
+            video = tiled_decode(model, z, exact=exact, runtime=runtime, **settings)  # [B, 3, F, H, W]
+            return (host.to_intermediate(video_to_frames(video)),)  # [B*F, H, W, 3]
 
 
 class CogVideoXTiledEncode:
@@ -82,9 +92,11 @@ class CogVideoXTiledEncode:
         check_settings(vae.model.config, **settings, exact=exact)
         video = frames_to_video(frames)  # [1, 3, F, H, W] in -1..1, any device
         runtime = host.runtime(vae.patcher)
-        model = host.load(runtime, vae.patcher, encode_memory(vae.model, video))
-        posterior = tiled_encode(model, video, exact=exact, runtime=runtime, **settings)
-        return ({"samples": host.to_intermediate(posterior.mode().float())},)
+        f, h, w, _c = frames.shape
+        with out_of_memory(f"encoding {f} frames at {w}x{h}", vae_changes(tile), vae.patcher):
+            model = host.load(runtime, vae.patcher, encode_memory(vae.model, video))
+            posterior = tiled_encode(model, video, exact=exact, runtime=runtime, **settings)
+            return ({"samples": host.to_intermediate(posterior.mode().float())},)
 
 
 NODES: dict[str, Any] = {

@@ -8,7 +8,7 @@ import torch
 from ..cogvideox_core.families import DEFAULT_FPS
 from ..cogvideox_core.video_io import read_video, write_mp4
 from . import host
-from .common import MAX_FRAMES, MODEL, ModelHandle, float_input, images_tensor, int_input, tip
+from .common import MAX_FRAMES, MODEL, ModelHandle, check_finite, float_input, images_tensor, int_input, tip
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif")
 
@@ -65,6 +65,7 @@ class CogVideoXSaveVideo:
     def save(self, images: torch.Tensor, filename_prefix: str = "CogVideoX", frame_rate: float = 0.0,
              model: ModelHandle | None = None) -> dict:
         frames = images_tensor("images", images)
+        check_finite(self, frame_rate=frame_rate)
         if frame_rate < 0:
             raise ValueError(f"frame_rate={frame_rate} must be 0 (from the model) or positive")
         fps = frame_rate or float(model.family.fps if model is not None else DEFAULT_FPS)

@@ -192,5 +192,21 @@ def load(runtime_: Any, patcher: Any, extra_memory: int = 0) -> nn.Module:
     return patcher.model
 
 
+def release_memory(*patchers: Any) -> None:
+    """After an out-of-memory error: models off the compute device and the allocator's cache
+    emptied. ComfyUI unloads every model (as it does after an OOM in its own nodes: a load
+    cut short leaves no half-patched model); without it ``patchers``' models go to their
+    offload device."""
+    c = comfy()
+    if c is not None:
+        c.mm.unload_all_models()
+        c.mm.soft_empty_cache(True)
+        return
+    for patcher in patchers:
+        patcher.model.to(patcher.offload_device)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def to_intermediate(t: torch.Tensor) -> torch.Tensor:
     return t.to(intermediate_device())
