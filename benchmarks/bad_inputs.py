@@ -146,19 +146,23 @@ def main() -> None:
     parser.add_argument("--only", help="run the cases whose name contains this")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bad_inputs_"))
+    pristine = work.with_name(work.name + "_pristine")
     try:
         cases = [c for c in _cases(_fixtures(work), work) if not args.only or args.only in c.name]
+        shutil.copytree(work, pristine)
         print("| case | exit | s | traceback | stderr bytes | inputs intact | last line of stderr |")
         print("|---|---|---|---|---|---|---|")
         for case in cases:
+            shutil.rmtree(work)  # every case on fresh files: an earlier case may have destroyed some
+            shutil.copytree(pristine, work)
             r = run_case(case, args.pack, args.timeout)
             line = str(r["last_line"])
             line = line if len(line) <= 160 else line[:157] + "..."
             print(f"| {r['case']} | {r['exit']} | {r['seconds']} | {'yes' if r['traceback'] else 'no'} | "
                   f"{r['stderr_bytes']} | {'yes' if r['inputs_intact'] else 'NO'} | {line} |", flush=True)
-            (work / "out.mp4").unlink(missing_ok=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(pristine, ignore_errors=True)
 
 
 if __name__ == "__main__":

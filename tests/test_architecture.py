@@ -16,7 +16,7 @@ CORE = Path(__file__).resolve().parents[1] / "cogvideox_core"
 LAYERS = [  # lowest first; a name is a top-level module or sub-package of cogvideox_core
     {"__init__", "errors", "families", "ops", "runtime", "video_io"},
     {"models", "vae", "sampling"},
-    {"loading"},
+    {"loading", "memory"},
     {"generation"},
     {"long_video"},
     {"tiny"},

@@ -161,6 +161,16 @@ def test_tiny_start_image_is_refused(tmp_path_factory: pytest.TempPathFactory, m
     assert "image is 1x1 pixels" in err and "too small" in err
 
 
+def test_a_run_that_cannot_fit_is_refused_before_loading(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        monkeypatch: pytest.MonkeyPatch, no_loading: None) -> None:
+    from cogvideox_core.runtime import TorchRuntime
+
+    monkeypatch.setattr(TorchRuntime, "free_memory", lambda self: 4 * 2**30)
+    err = _refused(capsys, ["generate", "--model", str(tree), *SMALL, "--height", "32", "--width", "100000",
+                            "--out", str(tmp_path / "v.mp4")])
+    assert "this run needs about" in err and "on cpu but 4.0 GiB is available" in err and "would fit" in err
+
+
 # ---- faults during the run ------------------------------------------------------------------
 
 def test_non_finite_latents_are_not_written(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -162,6 +162,9 @@ def test_vae_passes_are_tiled_and_exact_in_little_memory(inp, monkeypatch: pytes
     for module, name in ((tiling, "tiled_encode"), (pipeline, "tiled_decode")):
         real_pass = getattr(module, name)
         monkeypatch.setattr(module, name, lambda *a, _n=name, _f=real_pass, **k: passes.append(_n) or _f(*a, **k))
+    # 256 KiB is below what the run needs in all (its VAE store, its activations): the memory
+    # check before sampling would refuse it; this test is about tile sizing alone
+    monkeypatch.setattr(pipeline, "check_memory", lambda *a, **k: None)
     runtime = SmallMemoryRuntime()
     small = generate(inp, request, runtime)
     assert passes == ["tiled_encode", "tiled_decode"]
@@ -304,3 +307,38 @@ def test_batched_windows_fewer_calls_same_video(t2v) -> None:
     assert (calls_one, len(spy.calls)) == (6, 2)  # 3 windows x 2 steps; CFG batched in each call
     assert spy.calls[0][0].shape[0] == 2 * 3
     torch.testing.assert_close(one, three, rtol=0, atol=1e-5)
+
+
+def test_a_run_that_cannot_fit_is_refused_before_sampling(t2v, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Free memory below the estimate: NotEnoughMemory with the estimate, the limit and a change
+    that fits, before the transformer runs once; with room the same request samples."""
+    from cogvideox_core.generation import pipeline
+    from cogvideox_core.memory import NotEnoughMemory
+    from scaffold import RecordingRuntime
+
+    request = _req(frames=33)
+    need = pipeline.run_memory(t2v, request, pipeline.validate(t2v, request), "cpu").total()
+    calls: list[int] = []
+    real = type(t2v.transformer).forward
+    monkeypatch.setattr(type(t2v.transformer), "forward", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    with pytest.raises(NotEnoughMemory) as info:
+        pipeline.generate_latents(t2v, request, RecordingRuntime(free=need - 1))
+    message = str(info.value)
+    assert calls == [] and "on cpu but" in message and "would fit: " in message
+    assert "frames instead of 33" in message
+    pipeline.generate_latents(t2v, _req(frames=33, steps=1), RecordingRuntime(free=need))
+    assert calls
+
+
+def test_frames_beyond_the_trained_length_warn(t2v, caplog: pytest.LogCaptureFixture) -> None:
+    from cogvideox_core.generation.pipeline import validate
+    from cogvideox_core.sampling.windows import ContextOptions
+
+    with caplog.at_level("WARNING"):
+        validate(t2v, _req(frames=53))
+    assert "frames=53 is beyond the 49 frames" in caplog.text and "context windows" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        validate(t2v, _req(frames=53, context=ContextOptions(49, 16)))
+        validate(t2v, _req(frames=49))
+    assert "beyond" not in caplog.text

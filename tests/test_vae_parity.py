@@ -276,3 +276,16 @@ def test_time_split_conv_matches_diffusers(monkeypatch: pytest.MonkeyPatch) -> N
 def test_bad_temporal_compression() -> None:
     with pytest.raises(ValueError, match="temporal_compression=3"):
         CogVideoXVAE(VAEConfig(block_out_channels=(8, 8), norm_num_groups=4, temporal_compression=3))
+
+
+def test_halve_time_runs_in_bfloat16_on_the_cpu() -> None:
+    """avg_pool3d has no bfloat16 CPU kernel (a bf16 Fun InP encode on the CPU crashed): the
+    pair mean equals the float32 average rounded once."""
+    from cogvideox_core.vae.blocks import halve_time
+
+    x = torch.randn(1, 4, 5, 3, 3, generator=torch.Generator().manual_seed(0)).bfloat16()
+    f = x.float()
+    want = torch.cat([f[:, :, :1], (f[:, :, 1::2] + f[:, :, 2::2]) / 2], dim=2)
+    got = halve_time(x)
+    assert got.dtype == torch.bfloat16 and got.shape == (1, 4, 3, 3, 3)
+    assert torch.allclose(got.float(), want, atol=0, rtol=2**-8)  # one bf16 rounding: half an ulp

@@ -99,11 +99,12 @@ def run_generate(args: argparse.Namespace) -> int:
     preflight.check_numbers(args)
     device = preflight.check_device(args.device)
     out = preflight.check_out(args)
-    preflight.check_components(args)
+    sizes = preflight.check_components(args)
     family = _family_from_headers(args.model, args.family)
     request, chain, plan = _request(args, family)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     runtime = TorchRuntime(device=device)
+    preflight.check_memory(family, request, plan, dtype, device, runtime.free_memory(), sizes)
     with interrupts_to(runtime):
         models = _load(args, family.name, dtype, runtime)
         runtime.check_interrupt()

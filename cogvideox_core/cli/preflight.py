@@ -11,8 +11,14 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch and the pipeline load inside the checks: `info` stays instant
+    import torch
+
+    from ..families import Family, VAEConfig
+    from ..generation.conditioning import ConditioningPlan
+    from ..generation.pipeline import GenerateRequest
 
 OUT_SUFFIXES = (".mp4", ".safetensors")
 MAX_STEPS = 1000  # the sampler node's bound
@@ -66,6 +72,8 @@ def _int_in(name: str, value: int, low: int, high: int | None) -> None:
 def check_device(spec: str | None) -> torch.device:
     """The device ``--device`` names, present and usable in this torch; default cuda if
     available, else cpu."""
+    import torch
+
     if spec is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -84,6 +92,8 @@ def check_device(spec: str | None) -> torch.device:
 
 
 def _check_cuda(spec: str, device: torch.device) -> torch.device:
+    import torch
+
     if torch.version.cuda is None and torch.version.hip is None:
         raise ValueError(f"--device {spec}: this torch ({torch.__version__}) is a CPU-only build; "
                          "install a CUDA build of torch, or use --device cpu")
@@ -147,11 +157,13 @@ def _check_writable(out: Path, given: str) -> None:
 
 @dataclass(frozen=True)
 class ComponentSizes:
-    """Values (parameters) of each component, from the headers (for the memory estimate)."""
+    """Values (parameters) of each component and the VAE's config, from the headers (for the
+    memory estimate)."""
 
     transformer: int
     vae: int
     text_encoder: int
+    vae_config: VAEConfig
 
     def nbytes(self, dtype: torch.dtype) -> int:
         """Bytes of all three in ``dtype``."""
@@ -161,18 +173,34 @@ class ComponentSizes:
 def check_components(args: argparse.Namespace) -> ComponentSizes:
     """Each weights flag holds the component it is given for (headers only)."""
     from ..errors import WeightsError
-    from ..loading.weights import find_component
+    from ..loading.weights import find_component, vae_config
 
-    sizes = {}
+    sizes: dict[str, object] = {}
     for name, given in (("transformer", "model"), ("vae", "vae"), ("text_encoder", "text_encoder")):
         source = given if getattr(args, given) is not None else "model"
         try:
             comp = find_component(getattr(args, source), name)
             sizes[name] = sum(math.prod(e.shape) for e in comp.index.values())
+            if name == "vae":
+                sizes["vae_config"] = vae_config(comp)
         except WeightsError as e:
             hint = f": give {flag(given)} PATH" if source == "model" and given != "model" else ""
             raise WeightsError(f"{flag(source)} {e}{hint}") from None
-    return ComponentSizes(**sizes)
+    return ComponentSizes(**sizes)  # type: ignore[arg-type]
+
+
+def check_memory(family: Family, request: GenerateRequest, plan: ConditioningPlan, dtype: torch.dtype,
+                 device: torch.device, available: int, sizes: ComponentSizes) -> None:
+    """``NotEnoughMemory`` before loading when the weights (all on ``device``, as the CLI keeps
+    them) and the run's peak cannot fit in ``available`` bytes, with what would fit."""
+    from ..memory import check_fits, estimate_sampling, suggestions
+
+    args = {"cfg_batched": request.cfg_batched, "guided": request.cfg > 1.0,
+            "context": None if request.context is None else request.context.to_latent(family),
+            "device_type": device.type, "vae": sizes.vae_config, "weights": sizes.nbytes(dtype)}
+    estimate = estimate_sampling(family, plan, dtype, **args)  # type: ignore[arg-type]
+    fits = [] if estimate.total() <= available else suggestions(family, plan, dtype, available, **args)
+    check_fits(estimate, available, where=str(device), suggestions=fits)
 
 
 # ---- media ----------------------------------------------------------------------------------
@@ -201,4 +229,4 @@ def read_media(name: str, path: str, reader):
 
 
 __all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_out",
-           "ComponentSizes", "check_components", "check_prompts_file", "read_media"]
+           "ComponentSizes", "check_components", "check_memory", "check_prompts_file", "read_media"]

@@ -23,6 +23,7 @@ from .conditioning import (ConditioningInputs, ConditioningLatents, Conditioning
 from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
 from ..errors import NonFiniteError
 from ..families import Family
+from ..memory import MemoryEstimate, beyond_trained_length, check_fits, estimate_sampling, suggestions
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
@@ -109,6 +110,9 @@ def validate(models: Models, request: GenerateRequest) -> ConditioningPlan:
     frames = plan.total_latent_frames  # what one model call sees: the video, or one window
     models.transformer.check_input(frames if context is None else min(context.length, frames),
                                    plan.height_lat, plan.width_lat)
+    warning = beyond_trained_length(models.family, plan.frames, windowed=context is not None)
+    if warning:
+        logger.warning(warning)
     if plan.mode != "t2v" or models.family.conditioning == "inp":
         _require(models.vae, "vae", plan)
     if request.prompt_embeds is None:
@@ -173,11 +177,43 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
     schedule = make_schedule(request.steps, models.scheduler_config(), strength=plan.denoise)
     x = initial_latents(conditioning, schedule, generator, _dtype(models.transformer), runtime.device)
     denoise = make_denoiser(models, conditioning, cond, uncond, request, schedule)
-    runtime.load(models.transformer)
+    estimate = run_memory(models, request, plan, runtime.device.type)
+    runtime.load(models.transformer, estimate.total())
+    check_memory(models, request, plan, runtime, estimate)
     runtime.check_interrupt()
     sampler = get_sampler(request.sampler or models.family.recommended_sampler)
     callback = progress_callback(runtime, plan, models.family)
     return sampler(denoise, x, schedule, generator=generator, callback=callback)
+
+
+def _memory_args(models: Models, request: GenerateRequest, device_type: str) -> dict[str, Any]:
+    vae = models.vae
+    return {"cfg_batched": request.cfg_batched, "guided": request.cfg > 1.0,
+            "context": None if request.context is None else request.context.to_latent(models.family),
+            "device_type": device_type, "vae": None if vae is None else vae.config,
+            "vae_dtype": None if vae is None else _dtype(vae)}
+
+
+def run_memory(models: Models, request: GenerateRequest, plan: ConditioningPlan,
+               device_type: str) -> MemoryEstimate:
+    """What sampling and decoding ``request`` need on a ``device_type`` device besides the
+    loaded weights (:func:`~cogvideox_core.memory.estimate_sampling`)."""
+    return estimate_sampling(models.family, plan, _dtype(models.transformer),
+                             **_memory_args(models, request, device_type))
+
+
+def check_memory(models: Models, request: GenerateRequest, plan: ConditioningPlan, runtime: Runtime,
+                 estimate: MemoryEstimate | None = None) -> None:
+    """:class:`~cogvideox_core.memory.NotEnoughMemory` before sampling when the run cannot fit
+    in what the runtime's device has free (after the loaded models), with what would fit."""
+    device_type = runtime.device.type
+    estimate = estimate or run_memory(models, request, plan, device_type)
+    available = runtime.free_memory()
+    if estimate.total() <= available:
+        return
+    args = _memory_args(models, request, device_type)
+    fits = suggestions(models.family, plan, _dtype(models.transformer), available, **args)
+    check_fits(estimate, available, where=str(runtime.device), suggestions=fits)
 
 
 def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime,
@@ -320,4 +356,4 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
 
 __all__ = ["Models", "GenerateRequest", "generate", "generate_latents", "validate", "encode_text",
            "sample_latents", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
-           "model_call", "progress_callback", "check_finite", "unscale", "decode_latents", "latents_to_frames"]
+           "model_call", "progress_callback", "check_finite", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]

@@ -80,13 +80,18 @@ def conv_per_frame(conv: nn.Conv2d, x: Tensor) -> Tensor:
 
 
 def halve_time(x: Tensor) -> Tensor:
-    """Average frame pairs; an odd count keeps its first frame as is. [B,C,T,H,W] -> [B,C,T',H,W]."""
+    """Average frame pairs; an odd count keeps its first frame as is. [B,C,T,H,W] -> [B,C,T',H,W].
+    A mean over pairs, not ``avg_pool3d``: that has no bfloat16 kernel on the CPU."""
     t = x.shape[2]
     if t % 2 == 0:
-        return F.avg_pool3d(x, kernel_size=(2, 1, 1))
+        return _pair_mean(x)
     if t == 1:
         return x
-    return torch.cat([x[:, :, :1], F.avg_pool3d(x[:, :, 1:], kernel_size=(2, 1, 1))], dim=2)
+    return torch.cat([x[:, :, :1], _pair_mean(x[:, :, 1:])], dim=2)
+
+
+def _pair_mean(x: Tensor) -> Tensor:
+    return x.unflatten(2, (x.shape[2] // 2, 2)).mean(dim=3)  # [B, C, T/2, H, W]
 
 
 def double_time_and_space(x: Tensor) -> Tensor:
