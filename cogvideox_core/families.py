@@ -414,6 +414,7 @@ def detect_transformer_config(
     shapes: Mapping[str, Sequence[int]],
     diffusers_config: Mapping[str, object] | None = None,
     family: str | None = None,
+    config_source: str = "config.json",
 ) -> tuple[str, TransformerConfig]:
     """Family name and transformer config from diffusers-layout keys and their shapes.
 
@@ -421,10 +422,18 @@ def detect_transformer_config(
     ``patch_embed.proj.weight`` is a 4-D conv [D, C, 2, 2] for 1.0 families and a 2-D Linear
     [D, C*2*2*2] for 1.5; ``patch_embed.pos_embedding`` means a learned table (5B-I2V);
     ``ofs_embedding.*`` means 1.5-I2V; the count of ``transformer_blocks.N`` gives layers;
-    ``attn1.norm_q.weight`` gives the head dim. Without a ``config.json`` the 2B/5B split
-    (sincos vs RoPE) follows the inner dim: 1920 is 2B-class, 3072 5B-class (other widths are
-    not real checkpoints: below 3072 counts as 2B-class, with a warning). ``family`` overrides
-    the detected name (shapes still decide the sizes) and is checked against the shapes.
+    ``attn1.norm_q.weight`` gives the head dim. The 1.0 2B/5B split (sincos vs RoPE positions)
+    is not in the shapes: ``diffusers_config``'s ``use_rotary_positional_embeddings`` tells it
+    (a ``config.json``), else a released width (1920: 2B-class, 3072: 5B-class).
+
+    ``family`` is taken from the caller only where the files cannot tell: a 1.0 transformer of
+    another width (tiny test models, custom trainings) without a config leaves the split open,
+    and ``family`` picks among the families that fit (2b/5b, fun-2b-inp/fun-5b-inp,
+    fun-2b-control/fun-5b-control, and fun-2b-control/5b-i2v where a position table is stored:
+    2B files may carry their sincos table); without it the width decides (below 3072: 2B-class),
+    with a warning. Everywhere else the files decide, and a ``family`` other than theirs is a
+    ``ValueError`` naming what they say and where (``config_source``: the config's path, for
+    that message); the same name is accepted. Shapes always decide the sizes.
     """
     proj = shapes.get("patch_embed.proj.weight")
     if proj is None or "patch_embed.text_proj.weight" not in shapes:
@@ -435,19 +444,15 @@ def detect_transformer_config(
     if inner % head_dim:
         raise NotCogVideoXError(f"patch_embed.proj.weight has inner dim {inner}, not a multiple "
                                 f"of the head dim {head_dim}")
-    is15 = len(proj) == 2
-    in_ch = int(proj[1]) // 8 if is15 else int(proj[1])
-    learned = "patch_embed.pos_embedding" in shapes
-    has_ofs = "ofs_embedding.linear_1.weight" in shapes
-    rope = _uses_rope(inner, is15, diffusers_config)
-    detected = _family_name(inner, in_ch, is15, learned, has_ofs, rope)
-    name = detected if family is None else _check_override(family, detected)
+    layout = _Layout(inner, len(proj) == 2, int(proj[1]) // 8 if len(proj) == 2 else int(proj[1]),
+                     "patch_embed.pos_embedding" in shapes, "ofs_embedding.linear_1.weight" in shapes)
+    name = _choose_family(layout, _rope_evidence(layout, diffusers_config, config_source), family)
     cfg = _with(FAMILIES[name].transformer, num_layers=_count_blocks(shapes),
-                num_heads=inner // head_dim, head_dim=head_dim, in_channels=in_ch,
+                num_heads=inner // head_dim, head_dim=head_dim, in_channels=layout.in_channels,
                 text_dim=int(shapes["patch_embed.text_proj.weight"][1]))
     if "time_embedding.linear_1.weight" in shapes:
         cfg = _with(cfg, time_embed_dim=int(shapes["time_embedding.linear_1.weight"][0]))
-    if has_ofs:
+    if layout.has_ofs:
         cfg = _with(cfg, ofs_embed_dim=int(shapes["ofs_embedding.linear_1.weight"][1]))
     if "proj_out.weight" in shapes:
         per_patch = cfg.patch_size ** 2 * (cfg.patch_size_t or 1)
@@ -457,28 +462,66 @@ def detect_transformer_config(
     return name, cfg
 
 
-def _uses_rope(inner: int, is15: bool, diffusers_config: Mapping[str, object] | None) -> bool:
-    if is15:
-        return True
-    if diffusers_config is not None and "use_rotary_positional_embeddings" in diffusers_config:
-        return bool(diffusers_config["use_rotary_positional_embeddings"])
-    if inner not in (1920, 3072):
-        logger.warning("transformer width %d is not a released CogVideoX width (1920 or 3072); "
-                       "taking it as %s-class", inner, "5B" if inner >= 3072 else "2B")
-    return inner >= 3072
+_RELEASED_WIDTHS = {1920: False, 3072: True}  # inner width -> RoPE (CogVideoX-2B, CogVideoX-5B)
 
 
-def _check_override(family: str, detected: str) -> str:
-    wanted = get_family(family)
-    got = FAMILIES[detected].transformer
-    same_layout = (wanted.transformer.in_channels == got.in_channels
-                   and wanted.transformer.patch_size_t == got.patch_size_t
-                   and wanted.transformer.learned_positions == got.learned_positions
-                   and (wanted.transformer.ofs_embed_dim is None) == (got.ofs_embed_dim is None))
-    if not same_layout:
-        raise ValueError(f"family={family!r} does not fit these weights: their shapes say "
-                         f"{detected!r} ({got.in_channels} input channels)")
-    return family
+@dataclass(frozen=True)
+class _Layout:
+    """What the shapes of a transformer show of its family."""
+
+    inner: int
+    is15: bool  # a Linear patch embed over 2x2x2 patches
+    in_channels: int
+    has_table: bool  # `patch_embed.pos_embedding` stored: 5B-I2V's learned table or 2B's sincos one
+    has_ofs: bool
+
+    def describe(self) -> str:
+        """What the shapes show, as the subject of "says" in messages."""
+        extra = ", a position table" * self.has_table + ", an ofs embedding" * self.has_ofs
+        return (f"the tensor shapes' layout ({'1.5' if self.is15 else '1.0'} patch embedding, "
+                f"{self.in_channels} input channels{extra})")
+
+    def family(self, rope: bool) -> str:
+        """The family these shapes are with (``rope``) or without RoPE positions (1.0)."""
+        return _family_name(self.inner, self.in_channels, self.is15, self.has_table, self.has_ofs,
+                            rope or self.is15)
+
+
+def _rope_evidence(layout: _Layout, cfg: Mapping[str, object] | None,
+                   source: str) -> tuple[bool | None, str]:
+    """(RoPE positions, what in the files says so, as the subject of "says"); None where
+    the files cannot tell."""
+    if layout.is15:
+        return True, layout.describe()
+    if cfg is not None and "use_rotary_positional_embeddings" in cfg:
+        rope = bool(cfg["use_rotary_positional_embeddings"])
+        return rope, f"{source} (use_rotary_positional_embeddings={str(rope).lower()})"
+    if layout.inner in _RELEASED_WIDTHS:
+        rope = _RELEASED_WIDTHS[layout.inner]
+        return rope, f"the tensor shapes' width {layout.inner} (CogVideoX-{'5B' if rope else '2B'}'s)"
+    return None, f"width {layout.inner} is not a released width (1920 or 3072) and no config.json says"
+
+
+def _choose_family(layout: _Layout, rope: tuple[bool | None, str], family: str | None) -> str:
+    """The files' family, or ``family`` where it is one the files cannot tell from theirs."""
+    value, said_by = rope
+    fits = [layout.family(r) for r in ((value,) if value is not None else (False, True))]
+    detected = fits[0] if len(fits) == 1 else fits[layout.inner >= 3072]
+    if family is None:
+        if len(fits) > 1:
+            logger.warning("transformer %s whether its positions are sincos (2B-class) or RoPE "
+                           "(5B-class): taking it as %r; pass family=%s to choose",
+                           said_by, detected, " or ".join(fits))
+        return detected
+    get_family(family)  # a ValueError for an unknown name
+    if family in fits:
+        return family
+    # the layout fits the name at the other positions: the positions' source contradicts it
+    source = said_by if family in {layout.family(r) for r in (False, True)} else layout.describe()
+    hint = ("leave it out to use the detected one" if len(fits) == 1 else "pass one of those (the "
+            f"files cannot tell which) or leave it out to use the detected one ({detected!r})")
+    raise ValueError(f"family={family!r} does not fit these weights: {source} says "
+                     f"{' or '.join(map(repr, fits))}; {hint}")
 
 
 def _sample_fields(cfg: Mapping[str, object]) -> dict[str, object]:

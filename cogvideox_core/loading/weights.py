@@ -5,7 +5,9 @@
 (never a file name), the model is built on the meta device and the plan checked against it
 (a :class:`WeightsError` naming the file), then each tensor is allocated once in its final dtype
 on its final device and filled by positioned reads through a small staging buffer (no memory
-map: mapped pages count in RSS) and assigned strictly. A meta tensor left after loading is a bug.
+map: mapped pages count in RSS), checked for NaN and inf as it is read (a
+:class:`~cogvideox_core.errors.NonFiniteWeightsError`) and assigned strictly. A meta tensor
+left after loading is a bug.
 ``weight_dtype`` fp8 stores only the blocks' large matmul weights in fp8 (computed through
 :class:`~cogvideox_core.ops.cast_ops`); adaLN linears, norms, biases, embeddings and the output
 layers stay in ``dtype`` (fp8 adaLN breaks 1.5).
@@ -18,12 +20,13 @@ import re
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, Collection, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from ..errors import WeightsError
+from ..errors import NonFiniteWeightsError, WeightsError
 from ..families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
                        detect_transformer_config, get_family)
 from .keymaps import Plan, Source, split_scales, t5_plan, transformer_plan, vae_plan
@@ -138,21 +141,17 @@ def plan_shapes(plan: Mapping[str, Source], shapes: Mapping[str, Sequence[int]],
 
 def detect_family(comp: Component, family: str | None = None,
                   plan: Mapping[str, Source] | None = None) -> tuple[str, TransformerConfig]:
-    """Family name and config of a located transformer (``family`` overrides the name);
-    ``plan`` is its :func:`component_plan` if already made."""
+    """Family name and config of a located transformer; ``family`` is taken where the files
+    cannot tell and is a ``ValueError`` where they say another
+    (:func:`~cogvideox_core.families.detect_transformer_config`). ``plan`` is its
+    :func:`component_plan` if already made."""
     plan = component_plan(comp) if plan is None else plan
-    return _detect(plan_shapes(plan, index_shapes(comp.index), comp.location), comp.config, family,
-                   comp.location)
-
-
-def _detect(shapes: Mapping[str, Sequence[int]], config: Mapping[str, object] | None,
-            family: str | None, where: str) -> tuple[str, TransformerConfig]:
-    if family is not None and config is None:
-        config = {"use_rotary_positional_embeddings": get_family(family).transformer.uses_rope}
+    config_file = comp.files[0].parent / "config.json"  # where locate() read comp.config
     try:
-        return detect_transformer_config(shapes, config, family)
+        return detect_transformer_config(plan_shapes(plan, index_shapes(comp.index), comp.location),
+                                         comp.config, family, f"config.json at {config_file}")
     except NotCogVideoXError as e:
-        raise WeightsError(f"{where}: not a CogVideoX transformer: {e}") from None
+        raise WeightsError(f"{comp.location}: not a CogVideoX transformer: {e}") from None
 
 
 def vae_config(comp: Component) -> VAEConfig:
@@ -241,28 +240,94 @@ def read_source(f: BinaryIO, entry: TensorEntry, src: Source, dtype: torch.dtype
     Otherwise they pass through ``stage`` (a uint8 buffer) piece by piece, converted (and
     scaled, and copied to the device) as they go: the only memory besides the result is the
     stage. SAT's fused tensors read just the byte ranges of the parts they ``pick``.
+    Each piece is checked for NaN and inf right after it is read (still in cache), as stored,
+    before any conversion (a cast to fp8 e4m3fn turns inf into 448): a
+    :class:`NonFiniteWeightsError` naming the file and key, not a black video.
     """
     out = torch.empty(src.shape(entry.shape), dtype=dtype, device=device)
     stored = SAFETENSORS_DTYPES[entry.dtype]
     part = entry.nbytes // src.chunks  # dim-0 parts of a row-major tensor are byte ranges
     ranges = [(entry.offset + i * part, part) for i in src.pick]
     flat = out.view(-1)
-    if dtype == stored and out.device.type == "cpu" and scale is None:
-        dest, pos = memoryview(flat.view(torch.uint8).numpy()), 0
-        for offset, n in ranges:
-            read_into(f, offset, dest[pos:pos + n], entry.file)
-            pos += n
-        return out
-    step, pos = len(stage) // stored.itemsize * stored.itemsize, 0
-    for offset, n in ranges:
-        for start in range(0, n, step):
-            size = min(step, n - start)
-            read_into(f, offset + start, memoryview(stage[:size].numpy()), entry.file)
-            piece = stage[:size].view(stored)
+    direct = dtype == stored and out.device.type == "cpu" and scale is None
+    into, step = (flat.view(torch.uint8), READ_BYTES) if direct else (stage, len(stage))
+    pos = 0
+    for piece in _pieces(f, entry, ranges, into, step, consecutive=direct):
+        if not all_finite(piece):
+            raise _non_finite(entry, src.key, _pieces(f, entry, ranges, stage, len(stage)))
+        if not direct:
             piece = piece.to(torch.float32) * scale if scale is not None else piece
             flat[pos:pos + piece.numel()].copy_(piece)
             pos += piece.numel()
     return out
+
+
+READ_BYTES = 2**20  # direct reads go in pieces of this size, each checked while in cache
+
+
+def _pieces(f: BinaryIO, entry: TensorEntry, ranges: Iterable[tuple[int, int]], into: torch.Tensor,
+            step: int, consecutive: bool = False) -> Iterator[torch.Tensor]:
+    """The stored values at ``ranges`` (offset, bytes) of ``f``, read ``step`` bytes at a time
+    into the uint8 buffer ``into`` and yielded viewed as the stored dtype: one after the other
+    when ``into`` is the tensor's own memory (``consecutive``), else each at its start (a stage,
+    each piece overwritten by the next)."""
+    stored = SAFETENSORS_DTYPES[entry.dtype]
+    step, pos = max(step // stored.itemsize, 1) * stored.itemsize, 0
+    for offset, n in ranges:
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            at = pos if consecutive else 0
+            read_into(f, offset + start, memoryview(into[at:at + size].numpy()), entry.file)
+            yield into[at:at + size].view(stored)
+            pos += size
+
+
+CHECK_BYTES = 2**20  # all_finite reduces pieces of this size (they stay in L2)
+# Per float dtype: its width's signed and unsigned integer types and its exponent bits, all set
+# in NaN and inf and in no finite value (e4m3fn has no inf: its NaN is S.1111.111, its
+# S.1111.110 and below are finite, up to 448).
+_NON_FINITE_BITS: dict[torch.dtype, tuple[type, type, int]] = {
+    torch.float64: (np.int64, np.uint64, 0x7FF0_0000_0000_0000),
+    torch.float32: (np.int32, np.uint32, 0x7F80_0000),
+    torch.bfloat16: (np.int16, np.uint16, 0x7F80), torch.float16: (np.int16, np.uint16, 0x7C00),
+    torch.float8_e5m2: (np.int8, np.uint8, 0x7C), torch.float8_e4m3fn: (np.int8, np.uint8, 0x7F)}
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether the contiguous CPU tensor ``t`` holds no NaN and no inf (integers always do).
+
+    By the bits: read as signed integers, a positive NaN or inf is at least the exponent mask
+    (above every finite value); read as unsigned, a negative one is at least sign | mask. So
+    two integer maxima per piece of :data:`CHECK_BYTES`, the same for every float dtype (fp8
+    has no ``isinf`` kernel), no temporary, in numpy: single-threaded and SIMD, where torch's
+    thread pool costs more than the work on pieces this small. ``isfinite(t).all()`` is ~10x
+    slower on the CPU (it builds a bool tensor).
+    """
+    if t.dtype not in _NON_FINITE_BITS or t.numel() == 0:
+        return True
+    signed, unsigned, mask = _NON_FINITE_BITS[t.dtype]
+    negative = 1 << (8 * t.element_size() - 1) | mask
+    raw = t.reshape(-1).view(torch.uint8).numpy()
+    for start in range(0, raw.size, CHECK_BYTES):
+        piece = raw[start:start + CHECK_BYTES]
+        if piece.view(signed).max() >= mask or piece.view(unsigned).max() >= negative:
+            return False
+    return True
+
+
+def _non_finite(entry: TensorEntry, key: str, pieces: Iterable[torch.Tensor]) -> NonFiniteWeightsError:
+    """The error for a tensor that :func:`all_finite` refused, its NaN and inf counted over
+    ``pieces`` (the stored values again, piece by piece: this path is rare, the count exact)."""
+    nan = inf = total = 0
+    for piece in pieces:
+        nan += int(piece.isnan().sum())
+        if piece.dtype != torch.float8_e4m3fn:  # which has no inf (nor an isinf kernel)
+            inf += int(piece.isinf().sum())
+        total += piece.numel()
+    return NonFiniteWeightsError(
+        f"{entry.file}: tensor {key!r} holds {nan} NaN and {inf} infinite values (of {total}): "
+        "the file is damaged or was saved from a diverged training; re-download it or convert "
+        "it again from a good checkpoint")
 
 
 def storage_dtypes(dtype: torch.dtype, weight_dtype: torch.dtype | None,
@@ -337,8 +402,10 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     """The CogVideoX transformer at ``path`` (model root, ``transformer/`` folder or single
     file in any supported layout) and its :class:`Family`, with the detected config.
 
-    ``family`` overrides the detected name where shapes cannot tell (tiny test models of the
-    2B/5B split) and is checked against the shapes. ``weight_dtype`` fp8: see the module doc.
+    ``family`` is used only where the files cannot tell (a 1.0 transformer of no released width
+    without ``config.json``: the 2B/5B split, as in tiny test models) and is a ``ValueError``
+    where they say another (:func:`~cogvideox_core.families.detect_transformer_config`).
+    ``weight_dtype`` fp8: see the module doc.
     ``ops`` defaults to :data:`default_ops`, or :class:`cast_ops` when storage and compute differ.
     """
     from ..models.transformer import CogVideoXTransformer  # deferred: `info` needs no model code
@@ -418,6 +485,7 @@ def model_bytes(model: nn.Module) -> int:
 
 __all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "plan_shapes",
            "detect_family", "vae_config", "vae_config_from_shapes", "read_plan",
-           "read_source", "storage_dtypes", "check_dtypes", "load_module", "load_transformer", "load_vae",
+           "read_source", "all_finite", "storage_dtypes", "check_dtypes", "load_module",
+           "load_transformer", "load_vae",
            "load_scheduler_config", "COMPUTE_DTYPES", "FP8_DTYPES",
            "read_state_dict", "model_bytes", "FP8_TRANSFORMER_KEYS"]
