@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -280,6 +280,11 @@ class Family:
     add_noise_in_inpaint: bool = False
     bf16_trained: bool = True  # fp16 gives NaN or black video (the 5B and 1.5 weights)
     recommended_sampler: str = "dpm"
+    # the envelope of the training data (1.5: short side 768, long side 768..1360, 16k+1 frames);
+    # outside it the model runs but drifts from what it learned: a warning, not a refusal
+    trained_short_side: int | None = None
+    trained_long_side: int | None = None
+    trained_frame_step: int = TEMPORAL_COMPRESSION
 
     @property
     def latent_frames_even(self) -> bool:
@@ -338,6 +343,25 @@ class Family:
                              f"{self.nearest_even(lat)}")
         return lat
 
+    def untrained(self, frames: int, height: int, width: int) -> list[str]:
+        """Warnings for a request outside the family's training envelope (it runs, but less
+        well): 1.5 was trained with the short side 768, the long side up to 1360 and 16k+1
+        frames."""
+        notes = []
+        step = self.trained_frame_step
+        if (frames - 1) % step:
+            below = (frames - 1) // step * step + 1
+            notes.append(f"frames={frames}: {self.name} was trained on {step}k+1 frames; nearest: "
+                         f"{' or '.join(str(n) for n in (below, below + step) if n > 1)}")
+        short, long_ = min(height, width), max(height, width)
+        if self.trained_short_side is not None and short != self.trained_short_side:
+            notes.append(f"height x width={height}x{width}: {self.name} was trained with the short side "
+                         f"{self.trained_short_side} (e.g. {self.default_height}x{self.default_width})")
+        if self.trained_long_side is not None and long_ > self.trained_long_side:
+            notes.append(f"height x width={height}x{width}: {self.name} was trained with the long side "
+                         f"at most {self.trained_long_side}")
+        return notes
+
     def nearest_even(self, latents: int) -> str:
         """The pixel frame counts of the even latent counts next to an odd ``latents``, for messages."""
         return " or ".join(str(self._pixel_frames(n)) for n in (latents - 1, latents + 1) if n > 0)
@@ -372,6 +396,10 @@ _T15 = TransformerConfig(num_layers=42, num_heads=48, positions="rope_slice", pa
                          patch_bias=False, sample_height=300, sample_width=300, sample_frames=81)
 
 
+_TRAINED_15: dict[str, Any] = {"trained_short_side": 768, "trained_long_side": 1360,
+                               "trained_frame_step": 16}
+
+
 def _with(cfg: TransformerConfig, **changes: object) -> TransformerConfig:
     return dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
 
@@ -382,9 +410,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("5b", _T5B, "t2v"),
     Family("5b-i2v", _with(_T5B, in_channels=32, learned_positions=True), "i2v"),  # 480x720 only
     Family("1.5-5b", _T15, "t2v", fps=16, default_frames=81, default_height=768,
-           default_width=1360),
+           default_width=1360, **_TRAINED_15),
     Family("1.5-5b-i2v", _with(_T15, in_channels=32, ofs_embed_dim=512), "i2v", fps=16,
-           default_frames=81, default_height=768, default_width=1360, invert_scale_latents=True),
+           default_frames=81, default_height=768, default_width=1360, invert_scale_latents=True,
+           **_TRAINED_15),
     Family("fun-2b-inp", _with(_T2B, in_channels=33, positions="sincos_resized"), "inp",
            bf16_trained=False, recommended_sampler="ddim"),  # at most 13 latent frames
     Family("fun-5b-inp", _with(_T5B, in_channels=33), "inp"),

@@ -124,3 +124,15 @@ def test_the_transformer_enforces_the_same_limits(name: str, frames_lat: int, he
     model = CogVideoXTransformer(fam.transformer, device="meta")
     with pytest.raises(ValueError, match=match):
         model.check_input(frames_lat, height_lat, width_lat, fam.transformer.max_text_len)
+
+
+def test_requests_outside_the_15_training_envelope_are_noted() -> None:
+    """1.5: short side 768, long side up to 1360, 16k+1 frames; other families note nothing for
+    4k+1 frames."""
+    fam = get_family("1.5-5b")
+    assert fam.untrained(81, 768, 1360) == [] and fam.untrained(49, 1360, 768) == []
+    notes = fam.untrained(53, 480, 720)
+    assert len(notes) == 2 and "trained on 16k+1 frames; nearest: 49 or 65" in notes[0]
+    assert "short side 768" in notes[1]
+    assert any("long side at most 1360" in n for n in fam.untrained(81, 768, 1600))
+    assert get_family("5b").untrained(53, 480, 720) == []

@@ -130,7 +130,13 @@ def _family_from_headers(model: str, family: str | None):
     from ..families import get_family
     from ..loading.weights import detect_family, find_component
 
-    name, cfg = detect_family(find_component(model, "transformer"), family)
+    comp = find_component(model, "transformer")
+    try:
+        name, cfg = detect_family(comp, family)
+    except ValueError as e:
+        if family is None:
+            raise
+        raise ValueError(f"--family {family}: {e}") from None
     return dataclasses.replace(get_family(name), transformer=cfg)
 
 

@@ -124,6 +124,8 @@ def plan_conditioning(family: Family, inputs: ConditioningInputs, frames: int | 
     family.check_size(height, width)
     _check_inputs_fit(mode, inputs, frames)
     _check_upscale(inputs, height, width)
+    for note in family.untrained(frames, height, width):
+        logger.warning(note)
     padding = 0 if mode == "v2v" else family.temporal_padding(lat)
     denoise = _check_denoise(mode, inputs.denoise)
     return ConditioningPlan(mode, frames, height, width, lat, padding, family.ofs, denoise)
