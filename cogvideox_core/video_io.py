@@ -59,10 +59,21 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(arr[..., :3])
 
 
+MP4_MAX_SIDE = 16384  # libx264 refuses wider or taller frames ("invalid width x height")
+
+
+def check_mp4_size(height: int, width: int, name: str = "frames") -> None:
+    """``ValueError`` unless H.264 can hold ``height`` x ``width`` frames."""
+    if max(height, width) > MP4_MAX_SIDE:
+        raise ValueError(f"{name} of {width}x{height}: an H.264 mp4 holds at most {MP4_MAX_SIDE} pixels "
+                         "a side; write .safetensors instead")
+
+
 def write_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float = 8.0, crf: int = 17) -> Path:
     """Write [F, H, W, C] frames (0..1) as an H.264 mp4; odd sizes are padded by ffmpeg."""
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
+    check_mp4_size(frames.shape[1], frames.shape[2])
     arr = frames_to_uint8(frames)
     out = _replace_atomically(Path(path), lambda tmp: _write_frames(arr, tmp, fps, crf))
     logger.info("wrote %s (%d frames, %dx%d, %g fps)", out, arr.shape[0], arr.shape[2], arr.shape[1], fps)
@@ -107,6 +118,8 @@ def _write_frames(arr: np.ndarray, path: str, fps: float, crf: int) -> None:
     for frame in arr:
         writer.send(frame)
     writer.close()
+    if os.path.getsize(path) == 0:  # imageio-ffmpeg does not report an encoder that never opened
+        raise OSError(f"ffmpeg wrote nothing for {w}x{h} frames (see its message above)")
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def _cases(tree: Path, media: dict[str, Path], tmp: Path) -> dict[str, tuple[lis
         "denoise nan": ([*model, *SMALL, "--denoise", "nan", *out], ["--denoise nan", "(0, 1]"]),
         "seed -1": ([*model, *SMALL, "--seed", "-1", *out], ["--seed -1", "0..18446744073709551615"]),
         "frames 10": ([*model, *SMALL, "--frames", "10", *out], ["frames=10", "4k+1"]),
+        "mp4 too wide": ([*model, *SMALL, "--width", "16400", *out], ["--out .mp4", "16384", ".safetensors"]),
         "family contradicts the config": ([*model, "--family", "2b", *SMALL, *out],
                                           ["--family 2b", "config.json", "says '5b'"]),
         "device tpu9": ([*model, *SMALL, "--device", "tpu9", *out], ["--device tpu9", "cpu, cuda"]),
@@ -112,7 +113,7 @@ def _cases(tree: Path, media: dict[str, Path], tmp: Path) -> dict[str, tuple[lis
 
 
 CASES = ["cfg inf", "cfg nan", "steps 0", "steps 5000", "steps x denoise", "denoise nan", "seed -1",
-         "frames 10", "family contradicts the config", "device tpu9", "out .txt", "out is a folder", "out under a file",
+         "frames 10", "mp4 too wide", "family contradicts the config", "device tpu9", "out .txt", "out is a folder", "out under a file",
          "out is the weights", "out inside the model", "text encoder is a VAE",
          "no VAE", "unreadable image", "prompts file not UTF-8", "prompts file missing"]
 

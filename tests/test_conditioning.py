@@ -220,9 +220,25 @@ def test_15_t2v_and_i2v_pad_odd_latents() -> None:
         assert plan.padding == 0
 
 
+def test_inputs_far_smaller_than_the_video_are_refused(caplog: pytest.LogCaptureFixture) -> None:
+    """More than 8x enlargement (less than one pixel per latent cell) is refused naming the
+    input; more than 2x warns; the target size passes quietly."""
+    fam = get_family("5b-i2v")
+    with pytest.raises(ValueError, match=r"image is 1x1 pixels: too small for a 720x480 video"):
+        plan_conditioning(fam, ConditioningInputs(image=torch.rand(1, 1, 1, 3)), 49)
+    with caplog.at_level("WARNING"):
+        plan_conditioning(fam, ConditioningInputs(image=torch.rand(1, 120, 180, 3)), 49)
+    assert "enlarged 4.0x" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        plan_conditioning(fam, ConditioningInputs(image=torch.rand(1, 480, 720, 3)), 49)
+    assert "enlarged" not in caplog.text
+
+
 def test_real_family_rules() -> None:
     """The full-size configs: 5B-I2V fixed at 480x720, Fun-2B at most 49 frames, 1.5 up to 2400 px."""
-    assert plan_conditioning(get_family("5b-i2v"), ConditioningInputs(image=_img()), 49).height == 480
+    image = torch.rand(1, 240, 360, 3)  # half size: enlarged 2x (a 48x32 one would be refused, 15x)
+    assert plan_conditioning(get_family("5b-i2v"), ConditioningInputs(image=image), 49).height == 480
     with pytest.raises(ValueError, match="at most 49 frames"):
         plan_conditioning(get_family("fun-2b-inp"), ConditioningInputs(), 53, 480, 720)
     plan = plan_conditioning(get_family("1.5-5b"), ConditioningInputs(), 81, 768, 1360)

@@ -18,6 +18,7 @@ import re
 
 import pytest
 import torch
+from scaffold import RecordingRuntime
 from torch.profiler import ProfilerActivity, profile
 
 from cogvideox_core.errors import CogVideoXError
@@ -30,6 +31,8 @@ from cogvideox_core.memory import (MemoryEstimate, NotEnoughMemory, beyond_train
 from cogvideox_core.runtime import TorchRuntime
 from cogvideox_core.sampling.windows import ContextOptions
 from cogvideox_core.tiny import TEXT_DIM, random_models, tiny_vae_config
+from cogvideox_core.vae.model import CogVideoXVAE
+from cogvideox_core.vae.tiling import PLAN_TILE, pass_memory, tiled_decode
 
 logger = logging.getLogger(__name__)
 GiB = 2**30
@@ -104,20 +107,44 @@ def test_sampling_estimate_bounds_the_measured_peak(name, frames, height, width,
     check_bound(f"sampling {name} {frames}x{height}x{width}", peak, phase(estimate, "sampling"))
 
 
-@pytest.mark.parametrize("name,frames,height,width", [
-    ("5b", 17, 128, 192),
-    ("1.5-5b", 25, 192, 256),
+@pytest.mark.parametrize("name,frames,height,width,dtype", [
+    ("5b", 17, 128, 192, torch.bfloat16),
+    ("5b", 17, 128, 192, torch.float32),
+    ("1.5-5b", 25, 192, 256, torch.bfloat16),
 ])
-def test_generation_estimate_bounds_the_measured_peak(name, frames, height, width):
-    """A whole generation (T5, sampling, tiled decode, frames) against ``total()``. In bfloat16:
-    there the tiny VAE's convolutions take oneDNN as the real VAE's do in every dtype; the tiny
-    VAE's 8-16 channels send float32 3x3x3 convolutions to ATen's im2col path (27x the input in
-    columns), which the real widths (128-512 channels) never take."""
-    models, request, _, estimate = tiny_run(name, frames, height, width, torch.bfloat16)
+def test_generation_estimate_bounds_the_measured_peak(name, frames, height, width, dtype):
+    """A whole generation (T5, sampling, tiled decode, frames) against ``total()``. In bfloat16
+    the tiny VAE's convolutions take oneDNN; in float32 its 8-16 channels send every 3x3x3 conv to
+    ATen's column buffer (27x the input; the real VAE's 512-channel layers too at small heights),
+    which the VAE runs in width strips of at most one input (``conv3d_bounded``)."""
+    models, request, _, estimate = tiny_run(name, frames, height, width, dtype)
     runtime = TorchRuntime(device="cpu", show_progress=False)
     with torch.no_grad():
         peak = measured_peak(lambda: generate(models, request, runtime))
-    check_bound(f"generation {name} {frames}x{height}x{width}", peak, estimate.total())
+    check_bound(f"generation {name} {frames}x{height}x{width} {dtype}", peak, estimate.total())
+
+
+@pytest.mark.parametrize("free", [None, 128 << 20])
+def test_thin_wide_float32_decode_stays_within_its_bound(free):
+    """A 32x2048 first chunk (3 latents, 9 frames) of the tiny 5B VAE in float32 on the CPU,
+    where every 3x3x3 conv goes to ATen's column buffer (27x its input): the exact tiled decode
+    stays within what it plans. ``free=None``: at the ``PLAN_TILE`` tile, within the estimate's
+    decode part (``pass_memory``) plus the decoded frames; else tiles sized from ``free`` bytes
+    of free memory stay within them. (Before the conv strips: 136 MiB over 83, 341 over 128.)"""
+    config = tiny_vae_config(get_family("5b"))
+    torch.manual_seed(0)
+    vae = CogVideoXVAE(config, ops=torch.nn).eval()  # initialised weights: finite activations
+    z = torch.randn(1, config.latent_channels, 3, 4, 256, generator=torch.Generator().manual_seed(0))
+    size = (32, 2048)
+    output = 3 * 9 * size[0] * size[1] * 4
+    if free is None:
+        tile = (min(PLAN_TILE, size[0]), min(PLAN_TILE, size[1]))
+        peak = measured_peak(lambda: tiled_decode(vae, z, tile=tile, store="cpu"))
+        check_bound("thin-wide decode at the plan tile", peak, pass_memory(config, 1, size, torch.float32) + output)
+    else:
+        peak = measured_peak(lambda: tiled_decode(vae, z, runtime=RecordingRuntime(free=free)))
+        logger.info("thin-wide decode with %s free: measured %s", format_bytes(free), format_bytes(peak))
+        assert peak <= free
 
 
 # ---- refusal and what would fit -----------------------------------------------------------------

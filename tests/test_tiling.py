@@ -20,7 +20,7 @@ import torch
 from scaffold import RecordingRuntime, randomize_norms
 from vae_configs import TINY_VAE_CONFIGS
 
-from cogvideox_core.vae import host_memory, tiling, tiling_exact
+from cogvideox_core.vae import blocks as vae_blocks, host_memory, tiling, tiling_exact
 from cogvideox_core.errors import Interrupted
 from cogvideox_core.families import VAEConfig
 from cogvideox_core.ops import cast_ops
@@ -440,3 +440,53 @@ def test_full_size_architecture_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     assert max(rec.grids) > 1
     assert diff <= 1e-3 and diff_enc <= 1e-3
     assert _maxdiff(got_enc.logvar, expected_enc.logvar) <= 1e-3
+
+
+# ---- convolutions through ATen's column buffer -------------------------------------------------
+
+class _CountingConv3d(torch.nn.Conv3d):
+    calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def test_column_buffer_convs_run_in_exact_strips() -> None:
+    """A float32 batch-1 conv3d that ATen sends to its column buffer (27x the input for 3x3x3)
+    runs on width strips whose buffer is at most one input; every strip reads a 1-column halo,
+    so the result is the one call's (up to GEMM blocking: observed equal)."""
+    torch.manual_seed(0)
+    conv = _CountingConv3d(8, 16, 3, padding=(0, 1, 1)).eval()
+    x = torch.randn(1, 8, 11, 34, 300)
+    assert vae_blocks.takes_column_buffer(conv, x)
+    with torch.no_grad():
+        expected = torch.nn.Conv3d.forward(conv, x)
+        _CountingConv3d.calls = 0
+        got = vae_blocks.conv3d_bounded(conv, x)
+        calls = _CountingConv3d.calls
+        time_parts = vae_blocks.conv3d_in_time_parts(conv, x.contiguous(memory_format=torch.channels_last_3d))
+        small = vae_blocks.conv3d_bounded(conv, x[..., :7])  # a single strip: one plain call
+    assert calls > 20  # 27 x 9 output frames / 11 input frames: about 24 strips
+    assert got.shape == expected.shape and _maxdiff(got, expected) <= 1e-6  # observed: equal
+    assert _maxdiff(time_parts, expected) <= 1e-6
+    assert torch.equal(small, torch.nn.Conv3d.forward(conv, x[..., :7]))
+
+
+def test_which_convs_take_the_column_buffer() -> None:
+    """ATen's use_mkldnn for float32: oneDNN unless batch 1 and N*C*T*H <= 20480, whatever the
+    width. The real VAE's 512-channel latent-level convs of a 32-pixel-high chunk (4 latent rows
+    + halo, 2 cached + 2 frames) take the column buffer; its 128-channel full-resolution ones of
+    a first chunk (2 + 9 frames, 32 rows + halo) and any batch of 2 do not; a 1x1x1 conv needs
+    no columns."""
+    take = vae_blocks.takes_column_buffer
+    wide = torch.nn.Conv3d(512, 512, 3, padding=(0, 1, 1))
+    assert take(wide, torch.empty(1, 512, 4, 6, 8))  # 12288 <= 20480
+    assert not take(wide, torch.empty(2, 512, 4, 6, 8))
+    assert not take(torch.nn.Conv3d(128, 128, 3, padding=(0, 1, 1)), torch.empty(1, 128, 11, 34, 8))
+    assert take(torch.nn.Conv3d(8, 8, 3, padding=(0, 1, 1)), torch.empty(1, 8, 11, 34, 8))
+    assert not take(torch.nn.Conv3d(8, 8, 1), torch.empty(1, 8, 11, 34, 8))
+    unsplittable = torch.nn.Conv3d(8, 8, 3)  # no width padding: strips would not be exact
+    x = torch.randn(1, 8, 5, 6, 4000)
+    with torch.no_grad():
+        assert torch.equal(vae_blocks.conv3d_bounded(unsplittable, x), unsplittable(x))

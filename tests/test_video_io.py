@@ -146,3 +146,13 @@ def test_failed_write_leaves_the_target(tmp_path: Path, monkeypatch: pytest.Monk
         write_frames(bad, out, 8.0)
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
+
+
+def test_frames_wider_than_h264_takes_are_refused_and_nothing_replaced(tmp_path: Path) -> None:
+    """libx264 opens no encoder past 16384 pixels a side and imageio-ffmpeg reported success
+    with an empty file; now refused before ffmpeg starts, the old file kept."""
+    out = tmp_path / "v.mp4"
+    out.write_bytes(b"old")
+    with pytest.raises(ValueError, match="at most 16384 pixels a side; write .safetensors"):
+        write_mp4(torch.rand(2, 16, 16400, 3), out)
+    assert out.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["v.mp4"]

@@ -161,6 +161,10 @@ def _request(args: argparse.Namespace, family):
         seed=args.seed, context=context)
     plan = plan_conditioning(family, inputs, args.frames, args.height, args.width,
                              windowed=context is not None)  # refuse before loading
+    if Path(args.out).suffix.lower() == ".mp4":
+        from ..video_io import check_mp4_size
+
+        check_mp4_size(plan.height, plan.width, name="--out .mp4: frames")
     if context is not None:
         context.to_latent(family)
     if chain is not None:

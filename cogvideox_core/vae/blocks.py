@@ -57,19 +57,115 @@ def scoped(name: str, tails: Mapping[str, Tensor]) -> Tails:
 
 
 def conv3d_in_time_parts(conv: nn.Conv3d, x: Tensor) -> Tensor:
-    """``conv(x)``, split along time above 2 GiB (at 2 bytes/value) as diffusers' SafeConv3d does.
+    """``conv(x)``, split along time above 2 GiB (at 2 bytes/value) as diffusers' SafeConv3d does,
+    and along width where the CPU would convolve through a column buffer (:func:`conv3d_bounded`).
 
     Part i > 0 gets the last k-1 frames of part i-1 in front, so the result equals one call.
     """
     gib = x.numel() * 2 / 1024**3
     if gib <= _SAFE_CONV_GIB:
-        return conv(x)
+        return conv3d_bounded(conv, x)
     k = conv.kernel_size[0]
     parts = torch.chunk(x, int(gib / _SAFE_CONV_GIB) + 1, dim=2)
-    outs = [conv(parts[0])]
+    outs = [conv3d_bounded(conv, parts[0])]
     for prev, cur in zip(parts, parts[1:]):
-        outs.append(conv(torch.cat([prev[:, :, -k + 1:], cur], dim=2) if k > 1 else cur))
+        outs.append(conv3d_bounded(conv, torch.cat([prev[:, :, -k + 1:], cur], dim=2) if k > 1 else cur))
     return torch.cat(outs, dim=2)
+
+
+def conv3d_bounded(conv: nn.Conv3d, x: Tensor) -> Tensor:
+    """``conv(x)`` whose scratch memory stays within about one input's size.
+
+    ATen convolves a CPU conv3d that oneDNN does not take (:func:`takes_column_buffer`) by
+    unfolding its input into a column buffer of C_in * kT * kH * kW values per output position:
+    27x the input for a 3x3x3 kernel, where the tiled VAE sizes its regions for a few
+    input-sized tensors (a 32-pixel-high, 100000-pixel-wide float32 decode ran out of memory).
+    There the conv runs on width strips whose buffer holds at most max(``x.numel()``,
+    ``MIN_COLUMN_ELEMENTS``) values, each strip reading a ``kW // 2``-column halo, so every output
+    value is computed from the same inputs and weights as in one call.
+    """
+    if not takes_column_buffer(conv, x) or not _splits_in_width(conv):
+        return conv(x)
+    kt, kh, kw = conv.kernel_size
+    t_out, h_out = (_conv_size(x.shape[2 + i], conv, i) for i in range(2))
+    per_column = x.shape[1] // conv.groups * kt * kh * kw * t_out * h_out  # buffer values per output column
+    w, limit = x.shape[4], max(x.numel(), MIN_COLUMN_ELEMENTS)
+    if per_column * w <= limit:
+        return conv(x)
+    halo = kw // 2
+    strip = max(limit // per_column - 2 * halo, MIN_STRIP_COLUMNS)
+    out: Tensor | None = None
+    for c0 in range(0, w, strip):
+        c1 = min(c0 + strip, w)
+        s0, s1 = max(c0 - halo, 0), min(c1 + halo, w)
+        y = conv(x[..., s0:s1])[..., c0 - s0:c1 - s0]  # [B, C_out, T_out, H_out, c1 - c0]
+        if out is None:
+            out = y.new_empty((*y.shape[:4], w))
+        out[..., c0:c1].copy_(y)
+        del y
+    assert out is not None
+    return out
+
+
+MIN_COLUMN_ELEMENTS = 1 << 16  # a column buffer this small (256 KiB in float32) is never split
+MIN_STRIP_COLUMNS = 8  # the narrowest strip (a 1-column halo then costs at most 2 of 10 columns)
+ONEDNN_MIN_INPUT = 20480  # ATen use_mkldnn: float32 batch 1 goes native unless N*C*T*H is above this
+
+
+def takes_column_buffer(conv: nn.Conv3d, x: Tensor) -> bool:
+    """Whether ATen runs ``conv(x)`` on the CPU through its native path's column buffer
+    (``slow_conv3d``, vol2col) rather than oneDNN: ``use_mkldnn`` of ATen's Convolution.cpp
+    (torch 1.x-2.x). oneDNN takes bfloat16/float16 where the CPU has the instructions, and
+    float32 unless a batch-1 input to a groups-1 conv with kernel at most 3 wide has
+    N*C*T*H <= 20480, whatever its width ("for some case, native is faster"): the tiny VAEs
+    (8-16 channels) at every size, and the real VAE's 512-channel layers at small heights
+    (512 x (2+2) frames x 6 rows for a 32-pixel-high chunk). A 1x1x1 kernel with unit stride
+    and no padding needs no columns."""
+    if x.device.type != "cpu":
+        return False
+    pointwise = all(k == 1 for k in conv.kernel_size)
+    if pointwise and all(s == 1 for s in conv.stride) and not any(_padding(conv)):
+        return False
+    if not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled):
+        return True
+    if x.dtype in (torch.bfloat16, torch.float16):
+        name = "bf16" if x.dtype == torch.bfloat16 else "fp16"
+        return not _onednn_supports(name)
+    if x.dtype != torch.float32:
+        return True
+    kh, kw = conv.kernel_size[1:]
+    single_thread_1x1 = (kh == kw == 1 and all(s == 1 for s in conv.stride) and all(d == 1 for d in conv.dilation)
+                         and x.shape[0] < 16 and torch.get_num_threads() == 1)
+    small = (conv.groups == 1 and not (kh > 3 and kw > 3) and x.shape[0] == 1
+             and math.prod(x.shape[:4]) <= ONEDNN_MIN_INPUT)
+    return single_thread_1x1 or small
+
+
+def _onednn_supports(name: str) -> bool:
+    """Whether this CPU runs oneDNN convolutions in ``name`` ("bf16", "fp16"); False when this
+    torch cannot tell (strips then cost time, never memory)."""
+    try:
+        return bool(getattr(torch.ops.mkldnn, f"_is_mkldnn_{name}_supported")())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _padding(conv: nn.Conv3d) -> tuple[int, ...]:
+    return (1,) if isinstance(conv.padding, str) else tuple(conv.padding)
+
+
+def _conv_size(size: int, conv: nn.Conv3d, axis: int) -> int:
+    """Output length of ``conv`` along ``axis`` (0: time, 1: height, 2: width) for an input of ``size``."""
+    pad = conv.padding[axis] if not isinstance(conv.padding, str) else conv.kernel_size[axis] // 2
+    span = conv.dilation[axis] * (conv.kernel_size[axis] - 1)
+    return max((size + 2 * pad - span - 1) // conv.stride[axis] + 1, 1)
+
+
+def _splits_in_width(conv: nn.Conv3d) -> bool:
+    """Width strips are exact for a stride-1, undilated, zero-padded 'same' width axis."""
+    kw = conv.kernel_size[2]
+    return (conv.stride[2] == 1 and conv.dilation[2] == 1 and not isinstance(conv.padding, str)
+            and kw % 2 == 1 and conv.padding[2] == kw // 2 and conv.padding_mode == "zeros")
 
 
 def conv_per_frame(conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -346,4 +442,5 @@ def _run_conv(name: str, conv: CausalConv3d, x: Tensor, tails: Mapping[str, Tens
 
 __all__ = ["Layers", "Tails", "CausalConv3d", "SpatialNorm3D", "ResnetBlock3D", "Downsample3D",
            "Upsample3D", "DownBlock3D", "MidBlock3D", "UpBlock3D", "Encoder3D", "Decoder3D",
-           "upsampled_frames", "downsampled_frames", "temporal_levels", "conv3d_in_time_parts"]
+           "upsampled_frames", "downsampled_frames", "temporal_levels", "conv3d_in_time_parts",
+           "conv3d_bounded", "takes_column_buffer"]

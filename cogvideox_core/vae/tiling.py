@@ -29,7 +29,8 @@ from .blocks import downsampled_frames, temporal_levels, upsampled_frames
 logger = logging.getLogger(__name__)
 
 ENCODE_REF_FRAMES = 15  # a 13-frame first encode chunk + 2 cached frames
-TILE_TENSORS = 4  # region tensors alive at a region's peak, in budgets (about 2 on the CPU)
+TILE_TENSORS = 4  # region tensors alive at a region's peak, in budgets (about 2 on the CPU, plus
+                  # a conv's column buffer, kept within one by blocks.conv3d_bounded)
 FREE_FRACTION = 0.8  # of the free memory, what auto tiles may plan to use
 STORE_FRACTION = 0.5  # the store stays on the compute device when it takes at most this much
 FAST_TENSORS = 8  # exact=False: a tile's untiled decode holds about 6 such tensors (fp32, CPU)
