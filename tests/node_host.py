@@ -22,6 +22,14 @@ from cogvideox_pack.cogvideox_core.runtime import TorchRuntime
 _MERGED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
+def node(name: str) -> Any:
+    """The function of the pack's node class ``name`` on a fresh instance."""
+    from cogvideox_pack import NODE_CLASS_MAPPINGS
+
+    cls = NODE_CLASS_MAPPINGS[name]
+    return getattr(cls(), cls.FUNCTION)
+
+
 def lora_delta(patch: Any, weight: torch.Tensor) -> torch.Tensor:
     """The float32 change of ``weight`` by one patch as ``host.lora_patch`` makes it without
     ComfyUI: ComfyUI's ``("lora", (up, down, alpha, ...))``, scaled by alpha / rank (1 without

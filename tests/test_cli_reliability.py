@@ -170,7 +170,7 @@ def test_a_run_that_cannot_fit_is_refused_before_loading(tree: Path, tmp_path: P
 
     monkeypatch.setattr(TorchRuntime, "free_memory", lambda self: 4 * 2**30)
     err = _refused(capsys, ["generate", "--model", str(tree), *SMALL, "--height", "32", "--width", "100000",
-                            "--out", str(tmp_path / "v.mp4")])
+                            "--out", str(tmp_path / "v.safetensors")])
     assert "this run needs about" in err and "on cpu but 4.0 GiB is available" in err and "would fit" in err
 
 

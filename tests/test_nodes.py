@@ -26,6 +26,7 @@ from tiny_models import FRAMES, HEIGHT, LORA_RANK, WIDTH, lora_state, write_mode
 
 PACK = load_pack()
 import node_host  # noqa: E402
+from node_host import node  # noqa: E402
 from cogvideox_pack.cogvideox_core.errors import Interrupted, WeightsError  # noqa: E402
 from cogvideox_pack.cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
 from cogvideox_pack.cogvideox_core.runtime import TorchRuntime  # noqa: E402
@@ -36,11 +37,6 @@ from cogvideox_pack.nodes.text import cogvideox_tokens  # noqa: E402
 
 NODES = PACK.NODE_CLASS_MAPPINGS
 PROMPT = "a panda playing a guitar in a bamboo forest"
-
-
-def node(name: str):
-    cls = NODES[name]
-    return getattr(cls(), cls.FUNCTION)
 
 
 # ---- fixtures ---------------------------------------------------------------------------------

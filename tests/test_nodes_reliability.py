@@ -19,6 +19,7 @@ from tiny_models import FRAMES, HEIGHT, WIDTH, write_models
 
 PACK = load_pack()
 import node_host  # noqa: E402
+from node_host import node  # noqa: E402
 from cogvideox_pack.cogvideox_core.errors import CogVideoXError  # noqa: E402
 from cogvideox_pack.nodes import host  # noqa: E402
 from cogvideox_pack.nodes.common import OutOfMemory, is_out_of_memory, out_of_memory  # noqa: E402
@@ -28,11 +29,6 @@ CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total c
             "which 1.06 GiB is free. Of the allocated memory 20.1 GiB is allocated by PyTorch")
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you "
            "tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
-
-
-def node(name: str):
-    cls = NODES[name]
-    return getattr(cls(), cls.FUNCTION)
 
 
 @pytest.fixture(scope="module")
