@@ -322,3 +322,20 @@ def test_out_of_memory_frees_the_failed_calls_tensors(monkeypatch: pytest.Monkey
         with out_of_memory("sampling", ("fewer frames",)):
             work()
     assert refs[0]() is None and info.value.__cause__ is not None
+
+
+def test_save_paths_never_land_on_an_old_file_or_leave_the_output_folder(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ComfyUI's folder_paths: the next counter is past the highest (a gap left by a
+    deleted file does not make a new video replace _00003), and a prefix climbing out of the
+    output folder is refused."""
+    from cogvideox_pack.nodes.host import folders
+
+    monkeypatch.setattr(folders, "_folder_paths", lambda: None)
+    monkeypatch.setattr(folders, "OUTPUT_DIR", str(tmp_path))
+    for name in ("clip_00001_.mp4", "clip_00003_.mp4", "clipper_00009_.mp4"):
+        (tmp_path / name).write_bytes(b"old")
+    path, filename, _sub = folders.save_path("clip", 48, 32, ".mp4")
+    assert filename == "clip_00004_.mp4" and path == tmp_path / filename
+    with pytest.raises(ValueError, match="leads out of the output folder"):
+        folders.save_path("../escaped", 48, 32, ".mp4")

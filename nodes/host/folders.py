@@ -185,6 +185,14 @@ def input_path(name: str, input_name: str, extensions: tuple[str, ...]) -> Path:
     return path
 
 
+def _counter(name: str, base: str) -> int:
+    """The counter of a saved file ``{base}_{counter:05}_...``, else 0 (the next one is past the
+    highest, so a gap never makes a new file land on an old one)."""
+    head, _, rest = name.partition(base + "_")
+    digits = rest[:5]
+    return int(digits) if head == "" and digits.isdigit() else 0
+
+
 def save_path(prefix: str, width: int, height: int, extension: str) -> tuple[Path, str, str]:
     """A new file path for ``prefix`` in the output folder: (path, filename, subfolder)."""
     out_dir = output_directory()
@@ -194,7 +202,9 @@ def save_path(prefix: str, width: int, height: int, extension: str) -> tuple[Pat
     else:
         folder = os.path.join(out_dir, os.path.dirname(os.path.normpath(prefix)))
         base, subfolder = os.path.basename(os.path.normpath(prefix)), os.path.dirname(os.path.normpath(prefix))
+        if not Path(folder).resolve().is_relative_to(Path(out_dir).resolve()):
+            raise ValueError(f"filename_prefix={prefix!r} leads out of the output folder {out_dir}")
         os.makedirs(folder, exist_ok=True)
-        counter = 1 + sum(1 for f in os.listdir(folder) if f.startswith(base + "_"))
+        counter = 1 + max((_counter(f, base) for f in os.listdir(folder)), default=0)
     filename = f"{base}_{counter:05}_{extension}"
     return Path(folder) / filename, filename, subfolder
