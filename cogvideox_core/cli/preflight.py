@@ -52,6 +52,11 @@ def check_numbers(args: argparse.Namespace) -> None:
     _int_in("context_batch", args.context_batch, 1, None)
     _int_in("extend_chunks", args.extend_chunks, 1, None)
     _int_in("extend_overlap", args.extend_overlap, 0, None)
+    threshold = getattr(args, "cache_threshold", None)
+    if threshold is not None:
+        _finite_in("cache_threshold", threshold, 0.0, math.inf, "a finite number > 0", low_open=True)
+        if getattr(args, "cache", "none") == "none":
+            raise ValueError(f"--cache-threshold {threshold} without --cache: give --cache teacache or fbc")
 
 
 def _finite_in(name: str, value: float, low: float, high: float, allowed: str,

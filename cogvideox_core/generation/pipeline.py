@@ -24,6 +24,7 @@ from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_
 from ..errors import NonFiniteError
 from ..families import Family
 from ..memory import MemoryEstimate, beyond_trained_length, check_fits, estimate_sampling, suggestions
+from ..models.step_cache import CacheOptions, StepCache, make_step_cache
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
@@ -59,7 +60,9 @@ class GenerateRequest:
     the source video's length). ``sampler`` None takes the family's recommended one.
     ``dynamic_cfg``: None, ``"diffusers"`` (the pipelines' formula, raw timestep) or ``"step"``.
     ``cfg_batched``: [uncond, cond] in one model call (faster) or two (half the activations).
-    ``prompt_embeds`` / ``negative_embeds`` [1, L, D] replace the text encoder when given."""
+    ``prompt_embeds`` / ``negative_embeds`` [1, L, D] replace the text encoder when given.
+    ``cache``: a step cache (TeaCache or First Block Cache) that skips transformer blocks on
+    steps whose input barely changed; not with ``context`` windows."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -76,6 +79,7 @@ class GenerateRequest:
     context: ContextOptions | None = None
     prompt_embeds: torch.Tensor | None = None
     negative_embeds: torch.Tensor | None = None
+    cache: CacheOptions | None = None
 
 
 # ---- the public calls -----------------------------------------------------------------------
@@ -105,6 +109,9 @@ def validate(models: Models, request: GenerateRequest) -> ConditioningPlan:
     get_sampler(request.sampler or models.family.recommended_sampler)
     _check_numbers(request)
     context = None if request.context is None else request.context.to_latent(models.family)
+    if request.cache is not None and context is not None:
+        raise ValueError(f"cache={request.cache.method!r} with context windows: not supported (the cache "
+                         "would add one window's residuals to another); use one of them")
     plan = plan_conditioning(models.family, request.inputs, request.frames, request.height,
                              request.width, windowed=context is not None)
     frames = plan.total_latent_frames  # what one model call sees: the video, or one window
@@ -176,14 +183,21 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
     conditioning = make_conditioning(models, request, runtime, plan, generator)
     schedule = make_schedule(request.steps, models.scheduler_config(), strength=plan.denoise)
     x = initial_latents(conditioning, schedule, generator, _dtype(models.transformer), runtime.device)
-    denoise = make_denoiser(models, conditioning, cond, uncond, request, schedule)
+    cache = None if request.cache is None else make_step_cache(request.cache, models.family.name, plan.mode)
+    if cache is not None:
+        cache.reset(len(schedule))
+    denoise = make_denoiser(models, conditioning, cond, uncond, request, schedule, cache=cache)
     estimate = run_memory(models, request, plan, runtime.device.type)
     runtime.load(models.transformer, estimate.total())
     check_memory(models, request, plan, runtime, estimate)
     runtime.check_interrupt()
     sampler = get_sampler(request.sampler or models.family.recommended_sampler)
     callback = progress_callback(runtime, plan, models.family)
-    return sampler(denoise, x, schedule, generator=generator, callback=callback)
+    try:
+        return sampler(denoise, x, schedule, generator=generator, callback=callback)
+    finally:
+        if cache is not None:
+            logger.info(cache.summary())
 
 
 def _memory_args(models: Models, request: GenerateRequest, device_type: str) -> dict[str, Any]:
@@ -239,25 +253,27 @@ def initial_latents(conditioning: ConditioningLatents, schedule: Schedule, gener
     return add_noise(conditioning.init_latents, noise, schedule.timesteps[0], schedule.alphas_cumprod)
 
 
-def model_call(model: torch.nn.Module, ofs: float | None) -> CallFn:
+def model_call(model: torch.nn.Module, ofs: float | None, blocks: StepCache | None = None) -> CallFn:
     """``fn(x, t, text, extra) -> v``: x [B, F, C, h, w] with ``extra`` [B, F, C_e, h, w]
-    concatenated along channels, timestep ``t`` for every batch entry, T5 states ``text``."""
+    concatenated along channels, timestep ``t`` for every batch entry, T5 states ``text``;
+    ``blocks`` runs the transformer's block stack (a step cache) when given."""
+    kwargs = {} if blocks is None else {"blocks": blocks}
 
     def call(x: torch.Tensor, t: int, text: torch.Tensor, extra: torch.Tensor | None) -> torch.Tensor:
         if extra is not None:
             x = torch.cat([x, extra.to(x.dtype)], dim=2)  # [B, F, C + C_e, h, w]
         timestep = torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device)
-        return model(x, timestep, text, ofs=ofs)
+        return model(x, timestep, text, ofs=ofs, **kwargs)
 
     return call
 
 
 def make_model_fn(models: Models, conditioning: ConditioningLatents, context: LatentContext | None,
-                  schedule: Schedule) -> ModelFn:
+                  schedule: Schedule, cache: StepCache | None = None) -> ModelFn:
     """``model_fn(x, t, text)`` for :func:`~cogvideox_core.sampling.cfg_denoiser`, windowed
     when ``context`` is given (conditioning sliced with the windows, see the module doc; a
     single window covering the video runs through the same path and gives the same numbers)."""
-    call = model_call(models.transformer, conditioning.plan.ofs)
+    call = model_call(models.transformer, conditioning.plan.ofs, cache)
     extra = conditioning.extra  # [1, F_total, C_e, h, w] or None
 
     def whole(x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
@@ -281,12 +297,29 @@ def make_model_fn(models: Models, conditioning: ConditioningLatents, context: La
 
 
 def make_denoiser(models: Models, conditioning: ConditioningLatents, cond: torch.Tensor,
-                  uncond: torch.Tensor | None, request: GenerateRequest, schedule: Schedule):
-    """The guided ``denoise(x, t) -> v`` (float32) the samplers call."""
+                  uncond: torch.Tensor | None, request: GenerateRequest, schedule: Schedule,
+                  cache: StepCache | None = None):
+    """The guided ``denoise(x, t) -> v`` (float32) the samplers call; with a step ``cache``
+    every model call runs in the cache state of its CFG branch."""
     context = None if request.context is None else request.context.to_latent(models.family)
-    model_fn = make_model_fn(models, conditioning, context, schedule)
+    model_fn = make_model_fn(models, conditioning, context, schedule, cache)
+    if cache is not None:
+        model_fn = _per_branch(model_fn, cache, cond, uncond)
     return cfg_denoiser(model_fn, cond, uncond, request.cfg, batched=request.cfg_batched,
                         dynamic=request.dynamic_cfg, timesteps=schedule.timesteps)  # type: ignore[arg-type]
+
+
+def _per_branch(model_fn: ModelFn, cache: StepCache, cond: torch.Tensor,
+                uncond: torch.Tensor | None) -> ModelFn:
+    """``model_fn`` in the cache state of the CFG branch its conditioning is: "uncond", "cond" or
+    "batch" ([uncond, cond] in one call), so that sequential CFG keeps the two apart."""
+
+    def keyed(x: torch.Tensor, t: int, text: Any) -> torch.Tensor:
+        name = "uncond" if text is uncond else "cond" if text is cond else "batch"
+        with cache.branch(name):
+            return model_fn(x, t, text)
+
+    return keyed
 
 
 def progress_callback(runtime: Runtime, plan: ConditioningPlan, family: Family
@@ -354,6 +387,6 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
     return out.to(runtime.intermediate_device)
 
 
-__all__ = ["Models", "GenerateRequest", "generate", "generate_latents", "validate", "encode_text",
+__all__ = ["Models", "GenerateRequest", "CacheOptions", "generate", "generate_latents", "validate", "encode_text",
            "sample_latents", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
            "model_call", "progress_callback", "check_finite", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]

@@ -12,6 +12,7 @@ and cast where diffusers casts them.
 from __future__ import annotations
 
 import logging
+from typing import Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,22 @@ class _FeedForward(nn.Module):
         return self.net[2](self.net[0](x))
 
 
+class BlockRunner(Protocol):
+    """Runs the block stack of one forward: ``run(blocks, video [B, N, D], text [B, L, D], temb
+    [B, time_dim], rope, attention) -> (video, text)``, e.g. skipping blocks from a cache."""
+
+    def run(self, blocks: Sequence[nn.Module], video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
+            rope: Rope | None, attention: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def run_all_blocks(blocks: Sequence[nn.Module], video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
+                   rope: Rope | None, attention: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every block in order: the plain forward."""
+    for block in blocks:
+        video, text = block(video, text, temb, rope, attention)
+    return video, text
+
+
 class _Block(nn.Module):
     """One CogVideoX block: modulated joint attention and feed-forward over [text | video]."""
 
@@ -306,10 +323,11 @@ class CogVideoXTransformer(nn.Module):
     # ---- forward -----------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor, text_states: torch.Tensor,
-                ofs: torch.Tensor | None = None) -> torch.Tensor:
+                ofs: torch.Tensor | None = None, blocks: BlockRunner | None = None) -> torch.Tensor:
         """v-prediction [B, F, C_out, H, W] for latents x [B, F, C_in, H, W], timesteps [B]
         (0..999, float or int; a single value is broadcast) and T5 states ``text_states``
-        [B, L, text_dim]."""
+        [B, L, text_dim]. ``blocks`` runs the block stack instead of the plain loop (a step
+        cache, :mod:`cogvideox_core.models.step_cache`); None: every block."""
         b, f, _, h, w = self._check_tensors(x, text_states)
         self.check_input(f, h, w, text_states.shape[1])
         temb = self._time_embedding(timestep, ofs, b, x)  # [B, time_dim]
@@ -317,8 +335,10 @@ class CogVideoXTransformer(nn.Module):
         n = text_states.shape[1]
         text, video = tokens[:, :n], tokens[:, n:]  # [B, L, D], [B, N, D]
         rope = self._rope(self._grid(f, h, w), x.device)
-        for block in self.transformer_blocks:
-            video, text = block(video, text, temb, rope, self.attention)
+        if blocks is None:
+            video, text = run_all_blocks(self.transformer_blocks, video, text, temb, rope, self.attention)
+        else:
+            video, text = blocks.run(self.transformer_blocks, video, text, temb, rope, self.attention)
         video = self.norm_out(self.norm_final(video), temb)  # [B, N, D]
         return self._unpatchify(self.proj_out(video), b, f, h, w)
 
@@ -438,4 +458,4 @@ def _per_batch(name: str, value: torch.Tensor | float, batch: int, device: torch
     return t
 
 
-__all__ = ["CogVideoXTransformer"]
+__all__ = ["CogVideoXTransformer", "BlockRunner", "run_all_blocks"]
