@@ -1,4 +1,4 @@
-"""Sampling nodes: context window options, the sampler, and chained extension.
+"""Sampling nodes: context window and step cache options, the sampler, and chained extension.
 
 The sampler is one call of ``cogvideox_core.generation.pipeline.generate_latents`` per batch entry: the
 conditioning is validated against the model's family first, encoded with the seed, sampled
@@ -17,12 +17,13 @@ import torch
 from ..cogvideox_core.families import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, check_frames, pixel_frames
 from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents, validate
 from ..cogvideox_core.long_video.chain import ChainOptions, check_chain, extend_chain
+from ..cogvideox_core.models.step_cache import METHODS, CacheOptions
 from ..cogvideox_core.sampling import SAMPLER_NAMES
 from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
 from . import host
-from .common import (CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, T5, VAE, ModelHandle, PromptConditioning,
-                     T5Handle, VAEHandle, check_finite, choice, float_input, images_tensor, int_input,
-                     latent_samples, out_of_memory, tip)
+from .common import (CACHE, CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, T5, VAE, ModelHandle,
+                     PromptConditioning, T5Handle, VAEHandle, check_finite, choice, float_input,
+                     images_tensor, int_input, latent_samples, out_of_memory, tip)
 from .text import encode_lines
 
 SAMPLERS = ("auto", *SAMPLER_NAMES)
@@ -80,6 +81,47 @@ class CogVideoXContextOptions:
         return (ContextOptions(length_frames, overlap_frames, schedule, weights, batch_windows),)
 
 
+CACHE_TIP = ("A step cache that skips transformer work on steps that barely change (CogVideoX "
+             "Cache): faster, slightly softer; not with context_options.")
+
+
+class CogVideoXCache:
+    DESCRIPTION = ("Step caching for the sampler and Extend Video: on steps whose input barely changed "
+                   "the transformer's blocks are skipped and their last change is reused. Faster, at "
+                   "some loss of detail; cannot be combined with context windows.")
+    CATEGORY = "CogVideoX/sampling"
+    RETURN_TYPES = (CACHE,)
+    RETURN_NAMES = ("cache",)
+    FUNCTION = "make"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "method": tip(list(METHODS), "teacache: skips the whole block stack while the accumulated "
+                          "change of the timestep embedding stays under the threshold (TeaCache). fbc: "
+                          "always runs the first block and skips the rest when its output barely "
+                          "changed (First Block Cache, as in diffusers)."),
+            "threshold": float_input("0 = the method's default: teacache 0.2 for text-to-video and 0.1 "
+                                     "with an image or video (0.1 is near-lossless, about 1.5x faster on "
+                                     "5B per TeaCache's authors; 0.2 about 2x with visible softening); "
+                                     "fbc 0.05 (diffusers' default). Higher skips more steps and loses "
+                                     "more detail.", 0.0, 0.0, 2.0),
+        }}
+
+    def make(self, method: str, threshold: float = 0.0) -> tuple[CacheOptions]:
+        choice("method", method, METHODS)
+        check_finite(self, threshold=threshold)
+        return (CacheOptions(method, None if threshold == 0 else float(threshold)),)  # < 0 refused there
+
+
+def check_cache(cache: CacheOptions | None, context_options: ContextOptions | None) -> None:
+    """A ValueError naming both inputs when a step cache meets context windows."""
+    if cache is not None and context_options is not None:
+        raise ValueError(f"cache ({cache.method}) with context_options: a step cache cannot be combined "
+                         "with context windows (it would reuse one window's residuals in another); "
+                         "disconnect one of them")
+
+
 class CogVideoXSampler:
     DESCRIPTION = ("Generates the video latents: text-to-video, image-to-video, Fun InP/Control or "
                    "video-to-video, by what the conditioning carries; the latent sets frames and size.")
@@ -99,14 +141,17 @@ class CogVideoXSampler:
                                    "the source video changes).", 1.0, 0.01, 1.0),
         }, "optional": {
             "context_options": tip(CONTEXT, "Context windows for long videos (CogVideoX Context Options)."),
+            "cache": tip(CACHE, CACHE_TIP),
         }}
 
     def sample(self, model: ModelHandle, conditioning: PromptConditioning, latent: dict, seed: int, steps: int,
                cfg: float, sampler: str = "auto", denoise: float = 1.0,
-               context_options: ContextOptions | None = None) -> tuple[dict]:
+               context_options: ContextOptions | None = None,
+               cache: CacheOptions | None = None) -> tuple[dict]:
         samples = latent_samples("latent", latent)
         choice("sampler", sampler, SAMPLERS)
         check_finite(self, cfg=cfg, denoise=denoise)
+        check_cache(cache, context_options)
         batch, _c, t, h, w = samples.shape
         vae = conditioning.vae
         models = Models(model.model, model.family, None if vae is None else vae.model,
@@ -115,7 +160,7 @@ class CogVideoXSampler:
             inputs=dataclasses.replace(conditioning.inputs, denoise=float(denoise)), frames=pixel_frames(t),
             height=h * SPATIAL_COMPRESSION, width=w * SPATIAL_COMPRESSION, steps=steps, cfg=cfg,
             sampler=None if sampler == "auto" else sampler, seed=seed, context=context_options,
-            prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
+            cache=cache, prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
         plan = validate(models, request)  # before anything is loaded
         patchers = (model.patcher, *([] if vae is None else [vae.patcher]))
         runtime = host.runtime(*patchers)
@@ -158,12 +203,14 @@ class CogVideoXExtendVideo:
             "t5": tip(T5, "Encodes the prompts below (CogVideoX T5 Text Encoder Loader)."),
             "prompts": tip("STRING", "One prompt per chunk, one per line (needs t5); empty: the "
                            "conditioning's prompt for every chunk.", multiline=True, default=""),
+            "cache": tip(CACHE, "A step cache for every chunk (CogVideoX Cache): faster, slightly softer."),
         }}
 
     def extend(self, model: ModelHandle, conditioning: PromptConditioning, vae: VAEHandle, images: torch.Tensor,
                frames: int, overlap_frames: int, seed: int, steps: int, cfg: float, sampler: str = "auto",
                chunks: int = 1, colour_match: float = 1.0, end_image: torch.Tensor | None = None,
-               t5: T5Handle | None = None, prompts: str = "") -> tuple[torch.Tensor]:
+               t5: T5Handle | None = None, prompts: str = "",
+               cache: CacheOptions | None = None) -> tuple[torch.Tensor]:
         video = images_tensor("images", images)
         check_frames("frames", frames)
         choice("sampler", sampler, SAMPLERS)
@@ -175,7 +222,7 @@ class CogVideoXExtendVideo:
         options = ChainOptions(chunks, overlap_frames, colour_match, end)
         models = Models(model.model, model.family, vae.model, scheduler=model.scheduler)
         request = GenerateRequest(frames=frames, steps=steps, cfg=cfg, seed=seed,
-                                  sampler=None if sampler == "auto" else sampler,
+                                  sampler=None if sampler == "auto" else sampler, cache=cache,
                                   prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
         check_chain(models, request, options, h, w)  # before anything is loaded (the T5 included)
         embeds = encode_lines(t5, prompts, chunks)  # one [1, 226, D] per line, or None
@@ -188,6 +235,7 @@ class CogVideoXExtendVideo:
 
 NODES: dict[str, Any] = {
     "CogVideoXContextOptions": (CogVideoXContextOptions, "CogVideoX Context Options"),
+    "CogVideoXCache": (CogVideoXCache, "CogVideoX Cache"),
     "CogVideoXSampler": (CogVideoXSampler, "CogVideoX Sampler"),
     "CogVideoXExtendVideo": (CogVideoXExtendVideo, "CogVideoX Extend Video (chained)"),
 }
