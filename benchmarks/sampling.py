@@ -101,17 +101,24 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
+def reference_pipeline(family, ref: CogVideoXTransformer3DModel, sampler: str) -> CogVideoXPipeline:
+    """diffusers' pipeline around ``ref`` alone (prompt embeddings given, latents out) with the
+    family's shipped scheduler config, progress bar off."""
+    sched = SCHEDULERS[sampler](snr_shift_scale=family.snr_shift_scale, timestep_spacing="trailing",
+                                rescale_betas_zero_snr=True, prediction_type="v_prediction",
+                                set_alpha_to_one=True, clip_sample=False)
+    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=ref, scheduler=sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def main(argv: list[str] | None = None) -> float:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     family, ref, ours = build(args)
     cond, uncond = embeds(family, args)
-    sched = SCHEDULERS[args.sampler](snr_shift_scale=family.snr_shift_scale, timestep_spacing="trailing",
-                                     rescale_betas_zero_snr=True, prediction_type="v_prediction",
-                                     set_alpha_to_one=True, clip_sample=False)
-    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=ref, scheduler=sched)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(family, ref, args.sampler)
     models = Models(ours, family, scheduler=SchedulerConfig(snr_shift_scale=family.snr_shift_scale))
     request = GenerateRequest(prompt_embeds=cond, negative_embeds=uncond, frames=args.frames, height=args.height,
                               width=args.width, steps=args.steps, cfg=6.0, sampler=args.sampler, seed=0)
@@ -128,15 +135,18 @@ def main(argv: list[str] | None = None) -> float:
     return report(times)
 
 
-def report_setup(args: argparse.Namespace, family, model) -> None:
+def report_setup(args: argparse.Namespace, family, model, rounds: str | None = None) -> None:
+    """Print what is measured: the model, the request and ``rounds`` (default: the median of
+    ``--repeats`` runs)."""
     cfg = family.transformer
     params = sum(p.numel() for p in model.parameters()) / 1e6
     lat = latent_frames(args.frames)
     print(f"benchmark: {family.name} transformer at real width, {cfg.num_layers} layers of {cfg.num_heads} heads "
-          f"x {cfg.head_dim} (inner {cfg.inner_dim}), {params:.0f}M parameters, {args.dtype} on {args.device}, "
-          f"{torch.get_num_threads()} threads")
+          f"x {cfg.head_dim} (inner {cfg.inner_dim}), {params:.0f}M parameters, random weights, {args.dtype} on "
+          f"{args.device}, {torch.get_num_threads()} threads")
     print(f"request: {args.frames} frames {args.height}x{args.width} ({lat} latent frames), 226 text tokens, "
-          f"CFG batched, {args.sampler}, {args.steps} steps per run, median of {args.repeats} runs")
+          f"CFG 6 batched, {args.sampler}, {args.steps} steps per run, "
+          f"{rounds or f'median of {args.repeats} runs'}")
 
 
 def report(times: dict[str, list[float]]) -> float:

@@ -59,11 +59,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from diffusers import CogVideoXPipeline  # noqa: E402
 from diffusers.hooks import FirstBlockCacheConfig  # noqa: E402
 
-from benchmarks.sampling import SCHEDULERS, build, embeds, timed  # noqa: E402
-from cogvideox_core.families import latent_frames  # noqa: E402
+from benchmarks.sampling import SCHEDULERS, build, embeds, reference_pipeline, report_setup, timed  # noqa: E402
 from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
 from cogvideox_core.models.step_cache import CacheOptions  # noqa: E402
 from cogvideox_core.runtime import TorchRuntime  # noqa: E402
@@ -143,11 +141,7 @@ def main(argv: list[str] | None = None) -> str:
         torch.set_num_threads(args.threads)
     family, ref, ours = build(args)
     cond, uncond = embeds(family, args)
-    sched = SCHEDULERS[args.sampler](snr_shift_scale=family.snr_shift_scale, timestep_spacing="trailing",
-                                     rescale_betas_zero_snr=True, prediction_type="v_prediction",
-                                     set_alpha_to_one=True, clip_sample=False)
-    pipe = CogVideoXPipeline(tokenizer=None, text_encoder=None, vae=None, transformer=ref, scheduler=sched)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = reference_pipeline(family, ref, args.sampler)
     counter = _BlockCounter(ref)
     models = Models(ours, family, scheduler=SchedulerConfig(snr_shift_scale=family.snr_shift_scale))
     runtime = TorchRuntime(device=args.device, show_progress=False)
@@ -187,7 +181,7 @@ def main(argv: list[str] | None = None) -> str:
             return latents, counter.counts()
         return run
 
-    report_setup(args, family, ours)
+    report_setup(args, family, ours, rounds=f"{args.repeats} rounds")
     ours_fn(None, 2)(), diffusers_fn(None, 2)()  # warm-up (tables, allocator)
 
     configs = [Config("ours none", ours_fn(None)),
@@ -218,17 +212,6 @@ def main(argv: list[str] | None = None) -> str:
         ref.disable_cache()
     log.removeHandler(summaries)
     return report(args, configs, fbc_thresholds)
-
-
-def report_setup(args: argparse.Namespace, family, model) -> None:
-    cfg = family.transformer
-    params = sum(p.numel() for p in model.parameters()) / 1e6
-    lat = latent_frames(args.frames)
-    print(f"benchmark: {family.name} transformer at real width, {cfg.num_layers} layers of {cfg.num_heads} heads "
-          f"x {cfg.head_dim} (inner {cfg.inner_dim}), {params:.0f}M parameters, random weights, {args.dtype} on "
-          f"{args.device}, {torch.get_num_threads()} threads")
-    print(f"request: {args.frames} frames {args.height}x{args.width} ({lat} latent frames), 226 text tokens, "
-          f"CFG 6 batched, {args.sampler}, {args.steps} steps per run, {args.repeats} rounds")
 
 
 def report(args: argparse.Namespace, configs: list[Config], fbc_thresholds: list[float]) -> str:

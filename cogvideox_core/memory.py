@@ -278,6 +278,15 @@ def check_fits(estimate: MemoryEstimate, available: int, *, where: str, suggesti
                           f"{format_bytes(available)} is available; would fit: {fix}")
 
 
+def require_fit(family: Family, plan: Plan, dtype: torch.dtype, available: int, *, where: str,
+                estimate: MemoryEstimate | None = None, **run: Any) -> None:
+    """``NotEnoughMemory`` (with what would fit) unless the run of :func:`estimate_sampling`'s
+    arguments ``run`` fits in ``available`` bytes on ``where``; ``estimate``: already made."""
+    estimate = estimate or estimate_sampling(family, plan, dtype, **run)
+    fits = [] if estimate.total() <= available else suggestions(family, plan, dtype, available, **run)
+    check_fits(estimate, available, where=where, suggestions=fits)
+
+
 @dataclass(frozen=True)
 class _Run:
     """The inputs of :func:`estimate_sampling`, so that a suggestion changes one and re-estimates."""
@@ -447,4 +456,4 @@ def beyond_trained_length(family: Family, frames: int, windowed: bool) -> str | 
 
 
 __all__ = ["MemoryEstimate", "NotEnoughMemory", "beyond_trained_length", "check_fits", "estimate_sampling",
-           "format_bytes", "module_bytes", "replan_frames", "replan_size", "suggestions"]
+           "format_bytes", "module_bytes", "replan_frames", "replan_size", "require_fit", "suggestions"]

@@ -21,6 +21,12 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return extra_model_paths(root / "models", root / "extra_model_paths.yaml")
 
 
+@pytest.fixture(scope="session")
+def node_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder of tiny models for the node tests that share one (written once)."""
+    return write_models(tmp_path_factory.mktemp("node_models") / "models")
+
+
 @pytest.fixture(scope="session", params=sorted(GENERATIONS))
 def server(request: pytest.FixtureRequest, models: Path, tmp_path_factory: pytest.TempPathFactory):
     """A live ComfyUI of one generation (the test id says which) with the pack, the tiny

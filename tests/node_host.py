@@ -8,8 +8,9 @@ runtime that applies a model's patcher when loading it; :func:`install` puts bot
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import pytest
 import torch
@@ -111,3 +112,13 @@ def install(monkeypatch: pytest.MonkeyPatch, host: Any) -> None:
 
     monkeypatch.setattr(host, "wrap", wrap)
     monkeypatch.setattr(host, "runtime", lambda *patchers: RecordingRuntime(patchers))
+
+
+@contextlib.contextmanager
+def stand_in(host: Any, models_dir: Any) -> Iterator[None]:
+    """Within the block: the stand-in ComfyUI of :func:`install` and ``models_dir`` as the
+    pack's models folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        install(mp, host)
+        mp.setattr(host.folders, "MODELS_DIR", str(models_dir))
+        yield

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from make_workflows import load_pack
-from tiny_models import FRAMES, HEIGHT, WIDTH, write_models
+from tiny_models import FRAMES, HEIGHT, WIDTH
 
 PACK = load_pack()
 import node_host  # noqa: E402
@@ -31,16 +31,9 @@ CPU_OOM = ("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't
            "tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_models(tmp_path_factory.mktemp("reliability") / "models")
-
-
 @pytest.fixture(scope="module", autouse=True)
-def stand_in_host(models_dir: Path) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as mp:
-        node_host.install(mp, host)
-        mp.setattr(host.folders, "MODELS_DIR", str(models_dir))
+def stand_in_host(node_models_dir: Path) -> Iterator[None]:
+    with node_host.stand_in(host, node_models_dir):
         yield
 
 

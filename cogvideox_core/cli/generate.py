@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from . import preflight
-from .preflight import OUT_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -119,13 +118,6 @@ def run_generate(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
                      f"{models.family.name}, {time.monotonic() - start:.1f} s)\n")
     return 0
-
-
-def _check_out(path: str) -> Path:
-    out = Path(path)
-    if out.suffix.lower() not in OUT_SUFFIXES:
-        raise ValueError(f"--out {path}: the file must end in {' or '.join(OUT_SUFFIXES)}")
-    return out
 
 
 def _family_from_headers(model: str, family: str | None):
@@ -305,7 +297,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_demo as demo
 
-    _check_out(args.out)
+    preflight.check_suffix(args.out)
     torch.set_num_threads(max(1, args.threads))
     info = demo(args.out, family=args.family, frames=args.frames, height=args.height,
                 width=args.width, steps=args.steps, seed=args.seed, context=_context(args))

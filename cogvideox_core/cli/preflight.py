@@ -113,12 +113,18 @@ def _check_cuda(spec: str, device: torch.device) -> torch.device:
 
 # ---- the output -----------------------------------------------------------------------------
 
+def check_suffix(path: str) -> Path:
+    """``--out`` as a path, if it ends in one of :data:`OUT_SUFFIXES`."""
+    out = Path(path).expanduser()
+    if out.suffix.lower() not in OUT_SUFFIXES:
+        raise ValueError(f"--out {path}: the file must end in {' or '.join(OUT_SUFFIXES)}")
+    return out
+
+
 def check_out(args: argparse.Namespace) -> Path:
     """``--out``: the right extension, not a folder, its folder writable, and not (inside) any
     input of the run."""
-    out = Path(args.out).expanduser()
-    if out.suffix.lower() not in OUT_SUFFIXES:
-        raise ValueError(f"--out {args.out}: the file must end in {' or '.join(OUT_SUFFIXES)}")
+    out = check_suffix(args.out)
     if out.is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give a file name ending in "
                          f"{' or '.join(OUT_SUFFIXES)}")
@@ -198,14 +204,11 @@ def check_memory(family: Family, request: GenerateRequest, plan: ConditioningPla
                  device: torch.device, available: int, sizes: ComponentSizes) -> None:
     """``NotEnoughMemory`` before loading when the weights (all on ``device``, as the CLI keeps
     them) and the run's peak cannot fit in ``available`` bytes, with what would fit."""
-    from ..memory import check_fits, estimate_sampling, suggestions
+    from ..generation.pipeline import memory_args
+    from ..memory import require_fit
 
-    args = {"cfg_batched": request.cfg_batched, "guided": request.cfg > 1.0,
-            "context": None if request.context is None else request.context.to_latent(family),
-            "device_type": device.type, "vae": sizes.vae_config, "weights": sizes.nbytes(dtype)}
-    estimate = estimate_sampling(family, plan, dtype, **args)  # type: ignore[arg-type]
-    fits = [] if estimate.total() <= available else suggestions(family, plan, dtype, available, **args)
-    check_fits(estimate, available, where=str(device), suggestions=fits)
+    require_fit(family, plan, dtype, available, where=str(device),
+                **memory_args(family, request, device.type, sizes.vae_config, weights=sizes.nbytes(dtype)))
 
 
 # ---- media ----------------------------------------------------------------------------------
@@ -233,5 +236,5 @@ def read_media(name: str, path: str, reader):
     return reader(path, label=flag(name))
 
 
-__all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_out",
+__all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_suffix", "check_out",
            "ComponentSizes", "check_components", "check_memory", "check_prompts_file", "read_media"]

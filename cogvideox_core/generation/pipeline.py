@@ -22,8 +22,8 @@ from .conditioning import (ConditioningInputs, ConditioningLatents, Conditioning
                            plan_conditioning)
 from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
 from ..errors import NonFiniteError
-from ..families import Family
-from ..memory import MemoryEstimate, beyond_trained_length, check_fits, estimate_sampling, suggestions
+from ..families import Family, VAEConfig
+from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, require_fit
 from ..models.step_cache import CacheOptions, StepCache, make_step_cache
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
@@ -200,12 +200,19 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
             logger.info(cache.summary())
 
 
+def memory_args(family: Family, request: GenerateRequest, device_type: str, vae: VAEConfig | None,
+                vae_dtype: torch.dtype | None = None, weights: int = 0) -> dict[str, Any]:
+    """The run-describing arguments of :func:`~cogvideox_core.memory.estimate_sampling` for
+    ``request`` (``weights``: bytes not loaded yet, counted on top)."""
+    return {"cfg_batched": request.cfg_batched, "guided": request.cfg > 1.0,
+            "context": None if request.context is None else request.context.to_latent(family),
+            "device_type": device_type, "vae": vae, "vae_dtype": vae_dtype, "weights": weights}
+
+
 def _memory_args(models: Models, request: GenerateRequest, device_type: str) -> dict[str, Any]:
     vae = models.vae
-    return {"cfg_batched": request.cfg_batched, "guided": request.cfg > 1.0,
-            "context": None if request.context is None else request.context.to_latent(models.family),
-            "device_type": device_type, "vae": None if vae is None else vae.config,
-            "vae_dtype": None if vae is None else _dtype(vae)}
+    return memory_args(models.family, request, device_type, None if vae is None else vae.config,
+                       None if vae is None else _dtype(vae))
 
 
 def run_memory(models: Models, request: GenerateRequest, plan: ConditioningPlan,
@@ -220,14 +227,9 @@ def check_memory(models: Models, request: GenerateRequest, plan: ConditioningPla
                  estimate: MemoryEstimate | None = None) -> None:
     """:class:`~cogvideox_core.memory.NotEnoughMemory` before sampling when the run cannot fit
     in what the runtime's device has free (after the loaded models), with what would fit."""
-    device_type = runtime.device.type
-    estimate = estimate or run_memory(models, request, plan, device_type)
-    available = runtime.free_memory()
-    if estimate.total() <= available:
-        return
-    args = _memory_args(models, request, device_type)
-    fits = suggestions(models.family, plan, _dtype(models.transformer), available, **args)
-    check_fits(estimate, available, where=str(runtime.device), suggestions=fits)
+    require_fit(models.family, plan, _dtype(models.transformer), runtime.free_memory(),
+                where=str(runtime.device), estimate=estimate,
+                **_memory_args(models, request, runtime.device.type))
 
 
 def make_conditioning(models: Models, request: GenerateRequest, runtime: Runtime,
@@ -389,4 +391,4 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
 
 __all__ = ["Models", "GenerateRequest", "CacheOptions", "generate", "generate_latents", "validate", "encode_text",
            "sample_latents", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
-           "model_call", "progress_callback", "check_finite", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]
+           "model_call", "progress_callback", "check_finite", "memory_args", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]
