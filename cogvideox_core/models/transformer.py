@@ -209,13 +209,23 @@ class _Block(nn.Module):
 
     def forward(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
                 rope: Rope | None, attention: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]:
+        video, text, _ = self.reusing(video, text, temb, rope, attention, None)
+        return video, text
+
+    def reusing(self, video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor, rope: Rope | None,
+                attention: AttentionFn, attn_out: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The block with the attention output ``attn_out`` [B, L+N, D] given instead of computed
+        (None: computed); returns (video, text, the attention output used), for step caches that
+        reuse attention (Pyramid Attention Broadcast, FasterCache)."""
         n = text.shape[1]
         norm_v, norm_t, gate, t_gate = self.norm1(video, text, temb)
-        out = self.attn1(torch.cat([norm_t, norm_v], dim=1), n, rope, attention)  # [B, L+N, D]
-        video, text = video + gate * out[:, n:], text + t_gate * out[:, :n]
+        if attn_out is None:
+            attn_out = self.attn1(torch.cat([norm_t, norm_v], dim=1), n, rope, attention)  # [B, L+N, D]
+        video, text = video + gate * attn_out[:, n:], text + t_gate * attn_out[:, :n]
         norm_v, norm_t, gate, t_gate = self.norm2(video, text, temb)
         out = self.ff(torch.cat([norm_t, norm_v], dim=1))  # [B, L+N, D]
-        return video + gate * out[:, n:], text + t_gate * out[:, :n]
+        return video + gate * out[:, n:], text + t_gate * out[:, :n], attn_out
 
 
 class _AdaNormOut(nn.Module):
