@@ -48,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cogvideox_core.models.step_cache").setLevel(logging.INFO)  # the cache's summary
     try:
         return int(args.run(args))
     except (Exception, KeyboardInterrupt) as e:  # every failure: one line (+ traceback with -v)

@@ -55,8 +55,15 @@ def check_numbers(args: argparse.Namespace) -> None:
     threshold = getattr(args, "cache_threshold", None)
     if threshold is not None:
         _finite_in("cache_threshold", threshold, 0.0, math.inf, "a finite number > 0", low_open=True)
-        if getattr(args, "cache", "none") == "none":
+        method = getattr(args, "cache", "none")
+        if method == "none":
             raise ValueError(f"--cache-threshold {threshold} without --cache: give --cache teacache or fbc")
+        if method not in ("teacache", "fbc"):
+            raise ValueError(f"--cache-threshold {threshold} with --cache {method}: only teacache and fbc "
+                             f"take a threshold ({method} runs with diffusers' default settings)")
+    if getattr(args, "cache", "none") == "fastercache" and args.cfg <= 1:
+        raise ValueError(f"--cache fastercache with --cfg {args.cfg}: FasterCache approximates the "
+                         "unconditional branch of guidance; give --cfg above 1 or another --cache")
 
 
 def _finite_in(name: str, value: float, low: float, high: float, allowed: str,

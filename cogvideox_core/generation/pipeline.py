@@ -24,10 +24,12 @@ from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_
 from ..errors import NonFiniteError
 from ..families import Family, VAEConfig
 from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, require_fit
-from ..models.step_cache import CacheOptions, StepCache, make_step_cache
+from ..models.step_cache import CacheOptions, StepCache, check_guided, make_step_cache
+from ..models.step_cache import report as report_cache
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
                        make_schedule)
+from ..sampling.guidance import cfg_pair
 from ..sampling.schedules import Schedule
 from ..vae.tiling import TiledEncoder, decode_memory, no_progress, tiled_decode
 from ..vae.model import CogVideoXVAE
@@ -61,8 +63,9 @@ class GenerateRequest:
     ``dynamic_cfg``: None, ``"diffusers"`` (the pipelines' formula, raw timestep) or ``"step"``.
     ``cfg_batched``: [uncond, cond] in one model call (faster) or two (half the activations).
     ``prompt_embeds`` / ``negative_embeds`` [1, L, D] replace the text encoder when given.
-    ``cache``: a step cache (TeaCache or First Block Cache) that skips transformer blocks on
-    steps whose input barely changed; not with ``context`` windows."""
+    ``cache``: a step cache (TeaCache, First Block Cache, Pyramid Attention Broadcast or
+    FasterCache) that spends less transformer work on steps whose input barely changed; not
+    with ``context`` windows; FasterCache needs ``cfg`` > 1."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -112,6 +115,8 @@ def validate(models: Models, request: GenerateRequest) -> ConditioningPlan:
     if request.cache is not None and context is not None:
         raise ValueError(f"cache={request.cache.method!r} with context windows: not supported (the cache "
                          "would add one window's residuals to another); use one of them")
+    if request.cache is not None:
+        check_guided(request.cache.method, request.cfg > 1.0)
     plan = plan_conditioning(models.family, request.inputs, request.frames, request.height,
                              request.width, windowed=context is not None)
     frames = plan.total_latent_frames  # what one model call sees: the video, or one window
@@ -197,7 +202,7 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
         return sampler(denoise, x, schedule, generator=generator, callback=callback)
     finally:
         if cache is not None:
-            logger.info(cache.summary())
+            report_cache(cache)
 
 
 def memory_args(family: Family, request: GenerateRequest, device_type: str, vae: VAEConfig | None,
@@ -305,20 +310,26 @@ def make_denoiser(models: Models, conditioning: ConditioningLatents, cond: torch
     every model call runs in the cache state of its CFG branch."""
     context = None if request.context is None else request.context.to_latent(models.family)
     model_fn = make_model_fn(models, conditioning, context, schedule, cache)
+    pair = None
     if cache is not None:
         model_fn = _per_branch(model_fn, cache, cond, uncond)
+        if uncond is not None:
+            pair = cache.guide(cfg_pair(model_fn, cond, uncond, request.cfg_batched),
+                               lambda x, t: model_fn(x, t, cond))
     return cfg_denoiser(model_fn, cond, uncond, request.cfg, batched=request.cfg_batched,
-                        dynamic=request.dynamic_cfg, timesteps=schedule.timesteps)  # type: ignore[arg-type]
+                        dynamic=request.dynamic_cfg, timesteps=schedule.timesteps,  # type: ignore[arg-type]
+                        pair=pair)
 
 
 def _per_branch(model_fn: ModelFn, cache: StepCache, cond: torch.Tensor,
                 uncond: torch.Tensor | None) -> ModelFn:
     """``model_fn`` in the cache state of the CFG branch its conditioning is: "uncond", "cond" or
-    "batch" ([uncond, cond] in one call), so that sequential CFG keeps the two apart."""
+    "batch" ([uncond, cond] in one call), so that sequential CFG keeps the two apart; the cache
+    also sees the call's timestep."""
 
     def keyed(x: torch.Tensor, t: int, text: Any) -> torch.Tensor:
         name = "uncond" if text is uncond else "cond" if text is cond else "batch"
-        with cache.branch(name):
+        with cache.call(name, t):
             return model_fn(x, t, text)
 
     return keyed

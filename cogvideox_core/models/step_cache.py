@@ -1,70 +1,43 @@
-"""Step caches: skip the transformer's block stack (or all but its first block) on sampling steps
-whose input barely changed, and add the residual the skipped blocks added last time.
+"""Step caches: spend less transformer work on sampling steps whose input barely changed.
 
-Both are :class:`~cogvideox_core.models.transformer.BlockRunner` objects the transformer's
-forward takes as ``blocks``; nothing is patched onto a module. State is kept per CFG branch
-(``with cache.branch("cond"): ...``): a batched CFG call is one branch, as in the references;
-sequential CFG keeps cond and uncond apart so that neither reuses the other's residuals.
+The entry point: :class:`CacheOptions` (what a request asks for) and :func:`make_step_cache`
+(the cache object of one run). The methods live in :mod:`.block_caches` (TeaCache, First Block
+Cache: skip blocks, add their last residual) and :mod:`.attention_caches` (Pyramid Attention
+Broadcast, FasterCache: reuse or extrapolate attention outputs; FasterCache also rebuilds the
+unconditional CFG branch). All are block runners the transformer's forward takes as ``blocks``
+with state per CFG branch (:mod:`.cache_state`); none is a hook patched onto a module.
 
-* :class:`TeaCache` (Liu et al. 2024, ali-vilab/TeaCache ``TeaCache4CogVideoX1.5/
-  teacache_sample_video.py`` ``teacache_forward``): the relative L1 change of the timestep
-  embedding ``temb`` between consecutive calls, rescaled by the family's polynomial, is
-  accumulated; while the sum stays under the threshold the whole stack is skipped and the cached
-  stack residuals (output - input) are added to video and text; at the threshold the stack runs
-  and the sum restarts. The first and last call of a run always compute.
-* :class:`FirstBlockCache` (diffusers ``hooks/first_block_cache.py``): block 0 always runs; when
-  the mean abs change of its video residual relative to the residual of the last computed call
-  is at most the threshold, the other blocks are skipped and their cached residual (stack output
-  - block 0 output, video and text) is added.
+What each costs (measured in ``benchmarks/step_cache.py``; the published figures are in the
+README): TeaCache and FBC hold one residual of the token sequence per CFG branch and change the
+frames slightly, more with a higher threshold; PAB holds one attention output per block and
+FasterCache two, i.e. several GB at full size, for a fixed speed-up with a small loss.
 """
 from __future__ import annotations
 
+import logging
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
 
-import numpy as np
-import torch
-from torch import nn
+from .attention_caches import FasterCache, PyramidAttentionBroadcast, check_guided
+from .block_caches import TEACACHE_COEFFICIENTS, FirstBlockCache, TeaCache, teacache_coefficients
+from .cache_state import StepCache
 
-from ..ops import AttentionFn
-from .transformer import Rope, run_all_blocks
+logger = logging.getLogger(__name__)  # the CLI shows its INFO lines: the run's cache summary
 
-METHODS = ("teacache", "fbc")
-
-# TeaCache's rescaling polynomials (np.poly1d, highest power first), per base model
-# (TeaCache4CogVideoX1.5/teacache_sample_video.py `coefficients_dict`)
-TEACACHE_COEFFICIENTS: dict[str, tuple[float, ...]] = {
-    "2b": (-3.10658903e+01, 2.54732368e+01, -5.92380459e+00, 1.75769064e+00, -3.61568434e-03),
-    "5b": (-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00, -5.23162339e-02),
-    "5b-i2v": (-1.53880483e+03, 8.43202495e+02, -1.34363087e+02, 7.97131516e+00, -5.23162339e-02),
-    "1.5-5b": (2.50210439e+02, -1.65061612e+02, 3.57804877e+01, -7.81551492e-01, 3.58559703e-02),
-    "1.5-5b-i2v": (1.22842302e+02, -1.04088754e+02, 2.62981677e+01, -3.06009921e-01, 3.71213220e-02),
-}
-_FUN_BASE = {"fun-2b-": "2b", "fun-5b-": "5b", "fun-1.5-": "1.5-5b"}  # Fun uses its base model's
+METHODS = ("teacache", "fbc", "pab", "fastercache")
+THRESHOLDED = ("teacache", "fbc")
 
 # default thresholds: TeaCache's recommended 0.2 (t2v) / 0.1 (image-conditioned), diffusers' FBC 0.05
 DEFAULT_THRESHOLDS = {"teacache": 0.2, "teacache-image": 0.1, "fbc": 0.05}
 _IMAGE_MODES = ("i2v", "inp")
 
 
-def teacache_coefficients(family: str) -> tuple[float, ...]:
-    """The rescaling polynomial of ``family`` (a family name, Fun families map to their base)."""
-    for prefix, base in _FUN_BASE.items():
-        if family.startswith(prefix):
-            return TEACACHE_COEFFICIENTS[base]
-    if family not in TEACACHE_COEFFICIENTS:
-        raise ValueError(f"family={family!r} has no TeaCache coefficients; known: "
-                         f"{', '.join(TEACACHE_COEFFICIENTS)} and the Fun families")
-    return TEACACHE_COEFFICIENTS[family]
-
-
 @dataclass(frozen=True)
 class CacheOptions:
-    """A step cache for one generation: ``method`` "teacache" or "fbc"; ``threshold`` None takes
-    the default (TeaCache 0.2 for t2v and 0.1 for image-conditioned modes, FBC 0.05). Higher
-    skips more steps; 0 skips none."""
+    """A step cache for one generation: ``method`` one of :data:`METHODS`; ``threshold`` (TeaCache
+    and FBC only) None takes the default (TeaCache 0.2 for t2v and 0.1 for image-conditioned
+    modes, FBC 0.05). Higher skips more steps; 0 skips none. PAB and FasterCache run with
+    diffusers' default settings and take no threshold."""
 
     method: str
     threshold: float | None = None
@@ -75,6 +48,10 @@ class CacheOptions:
         t = self.threshold
         if t is not None and not (isinstance(t, (int, float)) and math.isfinite(t) and t >= 0):
             raise ValueError(f"cache threshold={t!r}: must be a finite number >= 0")
+        if t is not None and self.method not in THRESHOLDED:
+            raise ValueError(f"cache threshold={t!r} with method={self.method!r}: only "
+                             f"{' and '.join(THRESHOLDED)} take a threshold ({self.method} runs with "
+                             "diffusers' default settings)")
 
     def resolved_threshold(self, mode: str) -> float:
         """The threshold for a run in conditioning ``mode`` ("t2v", "i2v", ...)."""
@@ -82,127 +59,26 @@ class CacheOptions:
             return float(self.threshold)
         if self.method == "teacache":
             return DEFAULT_THRESHOLDS["teacache-image" if mode in _IMAGE_MODES else "teacache"]
-        return DEFAULT_THRESHOLDS[self.method]
-
-
-class StepCache:
-    """The shared part: per-branch state, the run's call count, block evaluation counts and a
-    ``history`` of (branch, computed all blocks) per call."""
-
-    method = ""
-
-    def __init__(self, threshold: float) -> None:
-        self.threshold = threshold
-        self.reset(0)
-
-    def reset(self, steps: int) -> None:
-        """Forget everything before a generation of ``steps`` calls per branch."""
-        self.steps = steps
-        self.computed = self.total = 0
-        self.history: list[tuple[str, bool]] = []
-        self._states: dict[str, dict[str, Any]] = {}
-        self._branch = "all"
-
-    @contextmanager
-    def branch(self, name: str) -> Iterator[None]:
-        """Calls inside use (and update) the state of CFG branch ``name``."""
-        previous, self._branch = self._branch, name
-        try:
-            yield
-        finally:
-            self._branch = previous
-
-    def _state(self) -> dict[str, Any]:
-        return self._states.setdefault(self._branch, {})
-
-    def _count(self, ran: int, blocks: int, computed: bool) -> None:
-        self.computed += ran
-        self.total += blocks
-        self.history.append((self._branch, computed))
-
-    def summary(self) -> str:
-        return f"step cache {self.method}: {self.computed} of {self.total} transformer block evaluations ran"
-
-
-class TeaCache(StepCache):
-    """TeaCache over the whole block stack, with the family's rescaling ``coefficients``."""
-
-    method = "teacache"
-
-    def __init__(self, coefficients: Sequence[float], threshold: float) -> None:
-        self.rescale = np.poly1d(coefficients)
-        super().__init__(threshold)
-
-    def should_compute(self, temb: torch.Tensor) -> bool:
-        """TeaCache's rule for this call of the current branch (updates its state)."""
-        st = self._state()
-        count = st.get("count", 0)
-        if count in (0, self.steps - 1) or "residual" not in st:
-            compute, st["distance"] = True, 0.0
-        else:
-            prev = st["temb"]
-            rel = ((temb - prev).abs().mean() / prev.abs().mean()).item()  # as the reference: temb's dtype
-            st["distance"] += float(self.rescale(rel))
-            # threshold 0 is off: a rescaled distance can be negative (the reference would skip)
-            compute = self.threshold <= 0 or st["distance"] >= self.threshold
-            if compute:
-                st["distance"] = 0.0
-        st["temb"], st["count"] = temb, (count + 1) % max(self.steps, 1)
-        return compute
-
-    def run(self, blocks: Sequence[nn.Module], video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
-            rope: Rope | None, attention: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]:
-        compute = self.should_compute(temb)
-        st = self._state()
-        if not compute:
-            self._count(0, len(blocks), False)
-            res_v, res_t = st["residual"]  # [B, N, D], [B, L, D]
-            return video + res_v, text + res_t
-        out_v, out_t = run_all_blocks(blocks, video, text, temb, rope, attention)
-        st["residual"] = (out_v - video, out_t - text)
-        self._count(len(blocks), len(blocks), True)
-        return out_v, out_t
-
-
-class FirstBlockCache(StepCache):
-    """First Block Cache: block 0 decides whether the rest runs."""
-
-    method = "fbc"
-
-    def distance(self, residual: torch.Tensor) -> float | None:
-        """mean|r - r_prev| / mean|r_prev| against the last computed call's block 0 video
-        residual (None before one)."""
-        prev = self._state().get("head")
-        if prev is None:
-            return None
-        return ((residual - prev).abs().mean() / prev.abs().mean()).item()
-
-    def run(self, blocks: Sequence[nn.Module], video: torch.Tensor, text: torch.Tensor, temb: torch.Tensor,
-            rope: Rope | None, attention: AttentionFn) -> tuple[torch.Tensor, torch.Tensor]:
-        if len(blocks) < 2:  # nothing to skip
-            self._count(len(blocks), len(blocks), True)
-            return run_all_blocks(blocks, video, text, temb, rope, attention)
-        head_v, head_t = blocks[0](video, text, temb, rope, attention)
-        residual = head_v - video  # [B, N, D]; diffusers compares the video residual only
-        st = self._state()
-        d = self.distance(residual)
-        if d is not None and d <= self.threshold and "tail" in st:
-            self._count(1, len(blocks), False)
-            tail_v, tail_t = st["tail"]
-            return head_v + tail_v, head_t + tail_t
-        out_v, out_t = run_all_blocks(blocks[1:], head_v, head_t, temb, rope, attention)
-        st["head"], st["tail"] = residual, (out_v - head_v, out_t - head_t)
-        self._count(len(blocks), len(blocks), True)
-        return out_v, out_t
+        return DEFAULT_THRESHOLDS.get(self.method, 0.0)
 
 
 def make_step_cache(options: CacheOptions, family: str, mode: str) -> StepCache:
     """The cache ``options`` ask for, for a ``family`` run in conditioning ``mode``."""
+    if options.method == "pab":
+        return PyramidAttentionBroadcast()
+    if options.method == "fastercache":
+        return FasterCache()
     threshold = options.resolved_threshold(mode)
     if options.method == "teacache":
         return TeaCache(teacache_coefficients(family), threshold)
     return FirstBlockCache(threshold)
 
 
-__all__ = ["CacheOptions", "StepCache", "TeaCache", "FirstBlockCache", "make_step_cache",
-           "teacache_coefficients", "TEACACHE_COEFFICIENTS", "METHODS"]
+def report(cache: StepCache) -> None:
+    """Log what ``cache`` saved in the run (evaluations ran of the uncached count, memory held)."""
+    logger.info(cache.summary())
+
+
+__all__ = ["report", "CacheOptions", "StepCache", "TeaCache", "FirstBlockCache", "PyramidAttentionBroadcast",
+           "FasterCache", "make_step_cache", "teacache_coefficients", "check_guided",
+           "TEACACHE_COEFFICIENTS", "METHODS", "THRESHOLDED"]

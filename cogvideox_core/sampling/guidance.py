@@ -17,6 +17,7 @@ from .samplers import Denoiser
 
 Cond = Union[torch.Tensor, Mapping[str, Any]]
 ModelFn = Callable[[torch.Tensor, int, Cond], torch.Tensor]
+PairFn = Callable[[torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]  # (x, t) -> (v_uncond, v_cond)
 DynamicMode = Literal["diffusers", "step"]
 DYNAMIC_MODES: tuple[str, ...] = ("diffusers", "step")
 
@@ -56,30 +57,43 @@ def _cat_cond(uncond: Cond, cond: Cond) -> Cond:
     return {k: torch.cat([uncond[k], v]) if isinstance(v, torch.Tensor) else v for k, v in cond.items()}
 
 
+def cfg_pair(model_fn: ModelFn, cond: Cond, uncond: Cond, batched: bool = True) -> PairFn:
+    """``pair(x, t) -> (v_uncond, v_cond)``, the raw model outputs of one guided step: one call on
+    [x, x] with conditioning [uncond, cond] (the pipelines' order) or, not ``batched``, two calls
+    on x (half the activation memory), same numbers."""
+    both = _cat_cond(uncond, cond) if batched else None
+
+    def pair(x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if batched:
+            v_u, v_c = model_fn(torch.cat([x, x]), t, both).chunk(2)  # type: ignore[arg-type]
+            return v_u, v_c
+        return model_fn(x, t, uncond), model_fn(x, t, cond)
+
+    return pair
+
+
 def cfg_denoiser(model_fn: ModelFn, cond: Cond, uncond: Cond | None, scale: float, *, batched: bool = True,
-                 dynamic: DynamicMode | None = None, timesteps: Sequence[int] | None = None) -> Denoiser:
+                 dynamic: DynamicMode | None = None, timesteps: Sequence[int] | None = None,
+                 pair: PairFn | None = None) -> Denoiser:
     """The ``denoise_fn(x, t) -> v`` of classifier-free guidance (Ho & Salimans 2022), float32.
 
     ``v = v_u + s * (v_c - v_u)`` with both model outputs cast to float32 first, as the pipelines
-    do. ``batched``: one call on [x, x] with conditioning [uncond, cond] (the pipelines' order);
-    otherwise two calls on x (half the activation memory), same numbers. As in the pipelines,
-    guidance runs only when ``scale > 1`` and ``uncond`` is given; otherwise one conditional call.
-    ``dynamic`` replaces ``scale`` per step by :func:`dynamic_cfg_scale` and needs the run's
-    ``timesteps`` (``schedule.timesteps``).
+    do; the outputs come from ``pair`` (default :func:`cfg_pair` of ``model_fn``, ``batched``
+    or not; a step cache may rebuild a branch instead). As in the pipelines, guidance runs only
+    when ``scale > 1`` and ``uncond`` is given; otherwise one conditional call. ``dynamic``
+    replaces ``scale`` per step by :func:`dynamic_cfg_scale` and needs the run's ``timesteps``
+    (``schedule.timesteps``).
     """
     _check_dynamic(dynamic)
     if dynamic is not None and timesteps is None:
         raise ValueError(f"timesteps=None: dynamic={dynamic!r} needs the run's timesteps (schedule.timesteps)")
     if uncond is None or scale <= 1.0:
         return lambda x, t: model_fn(x, t, cond).float()
-    both = _cat_cond(uncond, cond) if batched else None
+    pair = pair or cfg_pair(model_fn, cond, uncond, batched)
 
     def denoise(x: torch.Tensor, t: int) -> torch.Tensor:
         s = scale if dynamic is None else dynamic_cfg_scale(scale, t, timesteps, dynamic)  # type: ignore[arg-type]
-        if batched:
-            v_u, v_c = model_fn(torch.cat([x, x]), t, both).float().chunk(2)  # type: ignore[arg-type]
-        else:
-            v_u, v_c = model_fn(x, t, uncond).float(), model_fn(x, t, cond).float()
+        v_u, v_c = (v.float() for v in pair(x, t))
         return v_u + s * (v_c - v_u)
 
     return denoise
