@@ -17,7 +17,7 @@ import torch
 from ..cogvideox_core.families import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, check_frames, pixel_frames
 from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents, validate
 from ..cogvideox_core.long_video.chain import ChainOptions, check_chain, extend_chain
-from ..cogvideox_core.models.step_cache import METHODS, CacheOptions
+from ..cogvideox_core.models.step_cache import METHODS, THRESHOLDED, CacheOptions
 from ..cogvideox_core.sampling import SAMPLER_NAMES
 from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
 from . import host
@@ -81,14 +81,15 @@ class CogVideoXContextOptions:
         return (ContextOptions(length_frames, overlap_frames, schedule, weights, batch_windows),)
 
 
-CACHE_TIP = ("A step cache that skips transformer work on steps that barely change (CogVideoX "
+CACHE_TIP = ("A step cache that saves transformer work on steps that barely change (CogVideoX "
              "Cache): faster, slightly softer; not with context_options.")
 
 
 class CogVideoXCache:
     DESCRIPTION = ("Step caching for the sampler and Extend Video: on steps whose input barely changed "
-                   "the transformer's blocks are skipped and their last change is reused. Faster, at "
-                   "some loss of detail; cannot be combined with context windows.")
+                   "the transformer's blocks are skipped and their last change is reused, or their "
+                   "attention is reused. Faster, at some loss of detail; cannot be combined with "
+                   "context windows.")
     CATEGORY = "CogVideoX/sampling"
     RETURN_TYPES = (CACHE,)
     RETURN_NAMES = ("cache",)
@@ -100,17 +101,25 @@ class CogVideoXCache:
             "method": tip(list(METHODS), "teacache: skips the whole block stack while the accumulated "
                           "change of the timestep embedding stays under the threshold (TeaCache). fbc: "
                           "always runs the first block and skips the rest when its output barely "
-                          "changed (First Block Cache, as in diffusers)."),
+                          "changed (First Block Cache, as in diffusers). pab: reuses each block's "
+                          "attention on every second step between timesteps 100 and 800 (Pyramid "
+                          "Attention Broadcast; about 1.3x on 5B per its authors). fastercache: also "
+                          "rebuilds the unconditional guidance branch on 4 of every 5 steps (FasterCache; "
+                          "about 1.5x on 5B, needs cfg above 1 and several GB more memory). pab and "
+                          "fastercache use diffusers' default settings and no threshold."),
             "threshold": float_input("0 = the method's default: teacache 0.2 for text-to-video and 0.1 "
                                      "with an image or video (0.1 is near-lossless, about 1.5x faster on "
                                      "5B per TeaCache's authors; 0.2 about 2x with visible softening); "
                                      "fbc 0.05 (diffusers' default). Higher skips more steps and loses "
-                                     "more detail.", 0.0, 0.0, 2.0),
+                                     "more detail. Leave at 0 for pab and fastercache.", 0.0, 0.0, 2.0),
         }}
 
     def make(self, method: str, threshold: float = 0.0) -> tuple[CacheOptions]:
         choice("method", method, METHODS)
         check_finite(self, threshold=threshold)
+        if threshold != 0 and method not in THRESHOLDED:
+            raise ValueError(f"threshold={threshold} with method {method}: only {' and '.join(THRESHOLDED)} "
+                             "take a threshold; set it to 0")
         return (CacheOptions(method, None if threshold == 0 else float(threshold)),)  # < 0 refused there
 
 
@@ -118,7 +127,7 @@ def check_cache(cache: CacheOptions | None, context_options: ContextOptions | No
     """A ValueError naming both inputs when a step cache meets context windows."""
     if cache is not None and context_options is not None:
         raise ValueError(f"cache ({cache.method}) with context_options: a step cache cannot be combined "
-                         "with context windows (it would reuse one window's residuals in another); "
+                         "with context windows (it would reuse one window's tensors in another); "
                          "disconnect one of them")
 
 

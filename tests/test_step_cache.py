@@ -234,3 +234,12 @@ def test_cli_cache_flags() -> None:
     assert _cache(_args(cache="teacache", cache_threshold=0.3)) == CacheOptions("teacache", 0.3)
     with pytest.raises(ValueError, match="--context-frames"):
         _cache(_args(cache="fbc", context_frames=33))
+
+
+def test_cli_attention_cache_flags() -> None:
+    assert _cache(_args(cache="pab")) == CacheOptions("pab")
+    assert _cache(_args(cache="fastercache")) == CacheOptions("fastercache")
+    with pytest.raises(ValueError, match="--cache-threshold 0.1 with --cache pab: only teacache and fbc"):
+        preflight.check_numbers(_args(cache="pab", cache_threshold=0.1))
+    with pytest.raises(ValueError, match="--cache fastercache with --cfg 1.0"):
+        preflight.check_numbers(_args(cache="fastercache", cfg=1.0))

@@ -126,3 +126,29 @@ def test_extend_video_passes_the_cache_to_every_chunk(monkeypatch) -> None:
     cached = extend(cache=cache)
     assert seen == [cache, cache] and cached.shape[0] == FRAMES + 2 * (FRAMES - 4)
     assert not torch.equal(cached, extend())
+
+
+@pytest.mark.parametrize("method", ["pab", "fastercache"])
+def test_sampler_with_attention_caches_is_the_core_pipeline(loaded: tuple, method: str, caplog) -> None:
+    model, _vae, cond = loaded
+    cache, = node("CogVideoXCache")(method, 0.0)
+    assert cache == CacheOptions(method)
+    with caplog.at_level(logging.INFO):
+        out = _sample(model, cond, cache=cache, steps=12)
+    assert f"step cache {method}:" in caplog.text
+    assert not torch.equal(out, _sample(model, cond, steps=12))  # it reused something
+    models = Models(model.model, model.family, scheduler=model.scheduler)
+    request = GenerateRequest(frames=FRAMES, height=HEIGHT, width=WIDTH, steps=12, cfg=6.0, sampler="ddim",
+                              seed=3, prompt_embeds=cond.positive, negative_embeds=cond.negative,
+                              cache=CacheOptions(method))
+    assert torch.equal(out, generate_latents(models, request))
+
+
+def test_attention_cache_refusals_name_the_input(loaded: tuple, monkeypatch) -> None:
+    with pytest.raises(ValueError, match=r"threshold=0.3 with method pab: only teacache and fbc"):
+        node("CogVideoXCache")("pab", 0.3)
+    model, _vae, cond = loaded
+    monkeypatch.setattr(PACK.nodes.sampling, "generate_latents", None)  # refused before sampling
+    cache, = node("CogVideoXCache")("fastercache", 0.0)
+    with pytest.raises(ValueError, match=r"cfg <= 1"):
+        node("CogVideoXSampler")(model, cond, _latent(), 3, 4, 1.0, "ddim", 1.0, None, cache)
