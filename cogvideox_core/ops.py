@@ -7,7 +7,8 @@ skips weight initialisation: weights always come from a file, and random init of
 costs seconds for nothing (ComfyUI ``comfy.ops.disable_weight_init``).
 
 :class:`cast_ops` additionally casts weights to the input's dtype at call time, which is how
-fp8-stored weights (``float8_e4m3fn``) are computed in bf16/fp16.
+fp8-stored weights (``float8_e4m3fn``) are computed in bf16/fp16; :class:`fp8_matmul_ops` computes
+them in fp8 instead (scaled fp8 matmuls) on GPUs that have fp8 tensor cores.
 """
 from __future__ import annotations
 
@@ -91,6 +92,74 @@ class cast_ops:  # noqa: N801
             weight = self.weight if self.weight.device == ids.device else self.weight.to(ids.device)
             return F.embedding(ids, weight, self.padding_idx, self.max_norm, self.norm_type,
                                self.scale_grad_by_freq, self.sparse)
+
+
+# ---- fp8 compute ------------------------------------------------------------------------------
+
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
+FP8_MIN_CAPABILITY = (8, 9)  # Ada and Hopper: the first GPUs with fp8 tensor cores
+# The smallest input scale: 1/scale must be a finite fp16 (powers of two down to 2^-15 are).
+_MIN_SCALE_EXP = -15
+
+
+def supports_fp8_compute(device: torch.device | str) -> bool:
+    """Whether ``device`` runs fp8 matmuls (``torch._scaled_mm``): an NVIDIA GPU of compute
+    capability 8.9 or newer, with a torch that has ``_scaled_mm``."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.version.cuda is None or not hasattr(torch, "_scaled_mm"):
+        return False
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= FP8_MIN_CAPABILITY
+
+
+def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (x / scale as float8_e4m3fn [M, K], scale: float32 scalar) with one
+    per-tensor scale putting max |x| near the fp8 maximum (448).
+
+    The scale is a power of two, so ``x / scale`` is exact in x's own dtype and the matmul
+    multiplies back exactly the scale the values were divided by; the clamp keeps rounding
+    from overflowing fp8 (e4m3fn has no inf: out-of-range values would become NaN). ComfyUI's
+    ``fp8_linear`` uses scale 1 and the clamp; a per-tensor scale also keeps small activations
+    (the GELU outputs) out of fp8's subnormal range, for one extra read of x.
+    """
+    amax = x.abs().amax().float().clamp(min=torch.finfo(torch.float32).tiny)
+    exp = torch.ceil(torch.log2(amax / FP8_MAX)).clamp(min=_MIN_SCALE_EXP)
+    scale = torch.exp2(exp)  # float32, 0-dim, on x's device: no host sync
+    q = (x * torch.exp2(-exp).to(x.dtype)).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x [..., K] (bf16/fp16) @ weight [N, K] (float8_e4m3fn, scale 1).T + bias -> [..., N] in
+    x's dtype, through one scaled fp8 matmul (``torch._scaled_mm``, fp32 accumulation)."""
+    lead, k = x.shape[:-1], x.shape[-1]
+    q, scale = quantize_fp8(x.reshape(-1, k))  # [M, K] row-major, as _scaled_mm wants
+    one = torch.ones((), device=x.device, dtype=torch.float32)
+    out = torch._scaled_mm(q, weight.t(), scale_a=scale, scale_b=one,  # weight.t(): column-major
+                           bias=_cast(bias, x), out_dtype=x.dtype)
+    out = out[0] if isinstance(out, tuple) else out  # torch < 2.5 also returned amax
+    return out.reshape(*lead, weight.shape[0])
+
+
+def _fp8_matmul_fits(layer: nn.Linear, x: torch.Tensor) -> bool:
+    """Whether this call can take the fp8 path: e4m3fn weight, half input, dims the kernel
+    takes (multiples of 16), a device with fp8 tensor cores."""
+    return (layer.weight.dtype == torch.float8_e4m3fn and x.dtype in (torch.bfloat16, torch.float16)
+            and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
+            and supports_fp8_compute(x.device))
+
+
+class fp8_matmul_ops(cast_ops):  # noqa: N801
+    """:class:`cast_ops` whose ``Linear`` runs :func:`fp8_linear` where it can
+    (:func:`_fp8_matmul_fits`: float8_e4m3fn weights on a GPU of capability 8.9+), and casts
+    the weight to the input dtype as :class:`cast_ops` does everywhere else (CPU, older GPUs,
+    e5m2 or bf16 weights). The input is quantised to fp8 too: close to, not equal to, the cast
+    path (see :func:`quantize_fp8`)."""
+
+    class Linear(cast_ops.Linear):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if _fp8_matmul_fits(self, x):
+                return fp8_linear(x, self.weight, self.bias)
+            return super().forward(x)
 
 
 default_ops = disable_weight_init

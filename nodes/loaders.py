@@ -72,7 +72,7 @@ class CogVideoXModelLoader:
         choice("family", family, ("auto", *FAMILY_NAMES))
         module, fam = load_transformer(
             path, dtype=dtype, device=host.devices("diffusion")[1],
-            family=None if family == "auto" else family, ops=host.layer_ops(storage is not None),
+            family=None if family == "auto" else family, ops=host.layer_ops(storage is not None, storage, dtype),
             attention=host.attention(attention), weight_dtype=storage)
         patcher = host.wrap(module, "diffusion")
         return ModelHandle(patcher, fam, dtype, model, scheduler=load_scheduler_config(path)), float(fam.fps)

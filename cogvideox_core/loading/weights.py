@@ -30,7 +30,7 @@ from ..errors import NonFiniteWeightsError, WeightsError
 from ..families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
                        detect_transformer_config, get_family)
 from .keymaps import Plan, Source, split_scales, t5_plan, transformer_plan, vae_plan
-from ..ops import AttentionFn, Ops, cast_ops, default_ops, sdpa_attention
+from ..ops import AttentionFn, Ops, cast_ops, default_ops, fp8_matmul_ops, sdpa_attention, supports_fp8_compute
 from .files import (COMPONENTS, SAFETENSORS_DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
                     find_scheduler_file, index_files, index_shapes, is_model_root, locate, read_header,
                     read_into, weight_files)
@@ -398,7 +398,8 @@ def _check_materialised(model: nn.Module) -> None:
 def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
                      device: torch.device | str = "cpu", family: str | None = None,
                      ops: Ops | None = None, attention: AttentionFn | None = None,
-                     weight_dtype: torch.dtype | None = None) -> tuple[CogVideoXTransformer, Family]:
+                     weight_dtype: torch.dtype | None = None,
+                     fp8_compute: bool = True) -> tuple[CogVideoXTransformer, Family]:
     """The CogVideoX transformer at ``path`` (model root, ``transformer/`` folder or single
     file in any supported layout) and its :class:`Family`, with the detected config.
 
@@ -406,7 +407,10 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     without ``config.json``: the 2B/5B split, as in tiny test models) and is a ``ValueError``
     where they say another (:func:`~cogvideox_core.families.detect_transformer_config`).
     ``weight_dtype`` fp8: see the module doc.
-    ``ops`` defaults to :data:`default_ops`, or :class:`cast_ops` when storage and compute differ.
+    ``ops`` defaults to :data:`default_ops`, or when storage and compute differ to
+    :class:`~cogvideox_core.ops.fp8_matmul_ops` (``fp8_compute``, float8_e4m3fn weights and a
+    ``device`` with fp8 tensor cores: scaled fp8 matmuls) or :class:`cast_ops` (weights cast to
+    ``dtype`` at each matmul).
     """
     from ..models.transformer import CogVideoXTransformer  # deferred: `info` needs no model code
 
@@ -416,7 +420,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     dtype_for = storage_dtypes(dtype, weight_dtype, FP8_TRANSFORMER_KEYS)
     _warn_precision(get_family(name), dtype, comp)
     if ops is None:
-        ops = cast_ops if weight_dtype not in (None, dtype) else default_ops
+        ops = transformer_ops(dtype, weight_dtype, device, fp8_compute)
     model = CogVideoXTransformer(cfg, ops=ops, dtype=dtype, device="meta",
                                  attention=attention or sdpa_attention)
     load_module(model, plan, comp.index, dtype_for, device, comp.location)
@@ -469,6 +473,31 @@ def _warn_precision(family: Family, dtype: torch.dtype, comp: Component) -> None
                     comp.location, dtype)
 
 
+def transformer_ops(dtype: torch.dtype, weight_dtype: torch.dtype | None, device: torch.device | str,
+                    fp8_compute: bool = True) -> Ops:
+    """The layer classes for a transformer computed in ``dtype`` with block weights stored as
+    ``weight_dtype`` on ``device`` (see :func:`load_transformer`), the choice logged."""
+    if weight_dtype in (None, dtype):
+        return default_ops
+    why_not = _no_fp8_matmul(dtype, weight_dtype, device) if fp8_compute else "turned off"
+    if why_not is None:
+        logger.info("%s block weights: scaled fp8 matmuls on %s", weight_dtype, device)
+        return fp8_matmul_ops
+    logger.info("%s block weights: cast to %s at each matmul (fp8 matmuls: %s)", weight_dtype, dtype, why_not)
+    return cast_ops
+
+
+def _no_fp8_matmul(dtype: torch.dtype, weight_dtype: torch.dtype, device: torch.device | str) -> str | None:
+    """Why fp8 matmuls cannot run for these dtypes on ``device``, or None."""
+    if weight_dtype != torch.float8_e4m3fn:
+        return f"need float8_e4m3fn weights, not {weight_dtype}"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"need bfloat16 or float16 compute, not {dtype}"
+    if not supports_fp8_compute(device):
+        return f"{device} has none (an NVIDIA GPU of compute capability 8.9+ has)"
+    return None
+
+
 def _dtype_note(dtype: torch.dtype, weight_dtype: torch.dtype | None) -> str:
     if weight_dtype in (None, dtype):
         return str(dtype)
@@ -486,6 +515,6 @@ def model_bytes(model: nn.Module) -> int:
 __all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "plan_shapes",
            "detect_family", "vae_config", "vae_config_from_shapes", "read_plan",
            "read_source", "all_finite", "storage_dtypes", "check_dtypes", "load_module",
-           "load_transformer", "load_vae",
+           "load_transformer", "transformer_ops", "load_vae",
            "load_scheduler_config", "COMPUTE_DTYPES", "FP8_DTYPES",
            "read_state_dict", "model_bytes", "FP8_TRANSFORMER_KEYS"]

@@ -6,6 +6,7 @@ Without ``comfy`` (node unit tests) the same calls fall back to plain torch.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from ...cogvideox_core.errors import Interrupted
-from ...cogvideox_core.ops import cast_ops, default_ops, sdpa_attention
+from ...cogvideox_core.ops import cast_ops, default_ops, fp8_matmul_ops, sdpa_attention
 from ...cogvideox_core.runtime import TorchRuntime
 from . import previews
 
@@ -67,14 +68,39 @@ def intermediate_device() -> torch.device:
     return torch.device("cpu")
 
 
-def layer_ops(cast: bool) -> Any:
+def layer_ops(cast: bool, weight_dtype: torch.dtype | None = None,
+              compute_dtype: torch.dtype | None = None) -> Any:
     """Layer classes to build models with: ``comfy.ops`` under ComfyUI (partial low-VRAM
     loading works on them), the core's otherwise. ``cast``: weights stored in another dtype
-    than the compute dtype (fp8) are cast at every call."""
+    than the compute dtype (fp8) are cast at every call. ``weight_dtype`` float8_e4m3fn with
+    ``compute_dtype`` bf16/fp16 (the transformer): fp8 matmuls where the diffusion device runs them, as
+    ComfyUI does for its own fp8 models (its ``fp8_ops``; the core's ``fp8_matmul_ops`` without
+    ComfyUI); both cast, as before, where it cannot."""
     c = comfy()
+    fp8 = cast and weight_dtype == torch.float8_e4m3fn and compute_dtype in (torch.bfloat16, torch.float16)
     if c is None:
-        return cast_ops if cast else default_ops
+        return fp8_matmul_ops if fp8 else cast_ops if cast else default_ops
+    fast = _comfy_fp8_ops(c, compute_dtype) if fp8 else None
+    if fast is not None:
+        return fast
     return c.ops.manual_cast if cast else c.ops.disable_weight_init
+
+
+def _comfy_fp8_ops(c: SimpleNamespace, compute_dtype: torch.dtype) -> Any:
+    """ComfyUI's fp8 matmul layers (``comfy.ops.fp8_ops``) when its ``pick_operations`` picks
+    them for float8_e4m3fn weights on the diffusion load device (``supports_fp8_compute``:
+    capability 8.9+, or ComfyUI's ``--supports-fp8-compute``), else None. ComfyUI before late
+    2024 has no ``fp8_optimizations`` switch: None there. Only ``fp8_ops`` is taken: its Linear
+    runs ``fp8_linear`` on fp8 weights and casts everything else, like ``manual_cast``."""
+    pick, fp8_ops = getattr(c.ops, "pick_operations", None), getattr(c.ops, "fp8_ops", None)
+    if pick is None or fp8_ops is None or "fp8_optimizations" not in inspect.signature(pick).parameters:
+        return None
+    ops = pick(torch.float8_e4m3fn, compute_dtype, load_device=devices("diffusion")[0],
+               fp8_optimizations=True)
+    if ops is fp8_ops:
+        logger.info("CogVideoX fp8 weights: ComfyUI's fp8 matmul ops")
+        return ops
+    return None
 
 
 def attention(choice: str) -> Any:
