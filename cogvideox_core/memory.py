@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import CogVideoXError
 from .families import LATENT_CHANNELS, Family, VAEConfig, pixel_frames
+from .models.step_cache import held_bytes as cache_held_bytes
 from .sampling.windows import LatentContext, check_window_length, get_schedule
 from .vae.tiling import PLAN_TILE, TILE_TENSORS, pass_memory
 from .vae.tiling_plan import REF_FRAMES, budget_elements
@@ -186,11 +187,26 @@ def _latent_bytes(family: Family, plan: Plan, dtype: torch.dtype, batch: int, fr
     return SAMPLER_F32_COPIES * whole * 4 + extra + call + (whole * 8 if windowed else 0) + text
 
 
+def _cache_part(family: Family, plan: Plan, dtype: torch.dtype, cache: str | None, *,
+                cfg_batched: bool, guided: bool) -> Parts:
+    """What a step cache holds through sampling (never with context windows: refused there)."""
+    if cache is None:
+        return {}
+    cfg = family.transformer
+    n, seq = _tokens(family, plan, plan.total_latent_frames)
+    output = plan.total_latent_frames * cfg.out_channels * plan.height_lat * plan.width_lat
+    return {f"{cache} cache": cache_held_bytes(cache, layers=cfg.num_layers, seq=seq, video_tokens=n,
+                                                dim=cfg.inner_dim, elem=_elem(dtype), guided=guided,
+                                                batched=cfg_batched, output_numel=output)}
+
+
 def _sampling_parts(family: Family, plan: Plan, dtype: torch.dtype, *, cfg_batched: bool,
-                    guided: bool, context: LatentContext | None, device_type: str, fused: bool) -> Parts:
+                    guided: bool, context: LatentContext | None, device_type: str, fused: bool,
+                    cache: str | None = None) -> Parts:
     batch, frames = _call_shape(plan, cfg_batched=cfg_batched, guided=guided, context=context)
     n, seq = _tokens(family, plan, frames)
     return {
+        **_cache_part(family, plan, dtype, cache, cfg_batched=cfg_batched, guided=guided),
         "transformer activations": BLOCK_TENSORS * batch * seq * family.transformer.inner_dim
                                    * _elem(dtype),
         "attention": _attention_bytes(family, batch, seq, dtype, device_type, fused),
@@ -240,20 +256,22 @@ def _encode_parts(plan: Plan, vae: VAEConfig, vae_dtype: torch.dtype) -> Parts:
 def estimate_sampling(family: Family, plan: Plan, dtype: torch.dtype, *, cfg_batched: bool,
                       guided: bool, context: LatentContext | None, device_type: str,
                       vae: VAEConfig | None = None, vae_dtype: torch.dtype | None = None,
-                      weights: int = 0, fused_attention: bool | None = None) -> MemoryEstimate:
+                      weights: int = 0, fused_attention: bool | None = None,
+                      cache: str | None = None) -> MemoryEstimate:
     """Upper bound of the peak memory of the prompt encode, conditioning encode, sampling and
     decode on ``device_type`` ("cpu", "cuda", "mps", ...), besides resident weights: the largest
     phase, plus ``weights`` bytes the caller wants counted (weights not yet loaded). ``vae`` is
     the VAE's config (default: the CogVideoX VAE), ``vae_dtype`` its dtype (default: ``dtype``).
     ``fused_attention``: whether attention runs a fused O(S) kernel; None: on "cpu" and "cuda"
     (torch's flash kernels), not elsewhere (the math path's O(S^2) scores); a host that injects
-    a chunked attention passes True."""
+    a chunked attention passes True. ``cache``: the step cache method, whose held tensors count
+    in sampling."""
     vae, vae_dtype = vae or VAEConfig(), vae_dtype or dtype
     fused = device_type in ("cpu", "cuda") if fused_attention is None else fused_attention
     phases = {
         "text encode": _text_parts(family),
         "sampling": _sampling_parts(family, plan, dtype, cfg_batched=cfg_batched, guided=guided,
-                                    context=context, device_type=device_type, fused=fused),
+                                    context=context, device_type=device_type, fused=fused, cache=cache),
         "vae decode": _decode_parts(plan, vae, vae_dtype, device_type),
         "vae encode": _encode_parts(plan, vae, vae_dtype),
     }
@@ -302,6 +320,7 @@ class _Run:
     vae_dtype: torch.dtype | None
     weights: int
     fused_attention: bool | None
+    cache: str | None = None
 
     def fits(self, available: int, **changes: object) -> MemoryEstimate | None:
         """The estimate of this run with ``changes`` when it fits in ``available``, else None."""
@@ -309,22 +328,24 @@ class _Run:
         estimate = estimate_sampling(run.family, run.plan, run.dtype, cfg_batched=run.cfg_batched,
                                      guided=run.guided, context=run.context, device_type=run.device_type,
                                      vae=run.vae, vae_dtype=run.vae_dtype, weights=run.weights,
-                                     fused_attention=run.fused_attention)
+                                     fused_attention=run.fused_attention, cache=run.cache)
         return estimate if estimate.total() <= available else None
 
 
 def suggestions(family: Family, plan: Plan, dtype: torch.dtype, available: int, *,
                 cfg_batched: bool, guided: bool, context: LatentContext | None, device_type: str,
                 vae: VAEConfig | None = None, vae_dtype: torch.dtype | None = None,
-                weights: int = 0, fused_attention: bool | None = None) -> list[str]:
+                weights: int = 0, fused_attention: bool | None = None, cache: str | None = None) -> list[str]:
     """Changes that each, alone, make the run (:func:`estimate_sampling`'s arguments) fit in
     ``available`` bytes, with their estimates: the most frames (4k+1, the family's rules) and
     the largest size of the same aspect that fit, the longest context window that fits,
-    batch_windows=1, half precision from float32, sequential CFG. Empty when none does."""
+    batch_windows=1, half precision from float32, sequential CFG, no step cache. Empty when none
+    does."""
     run = _Run(family, plan, dtype, cfg_batched, guided, context, device_type, vae, vae_dtype, weights,
-               fused_attention)
+               fused_attention, cache)
     found = [_fewer_frames(run, available), _smaller_size(run, available), _one_window_batch(run, available),
-             _windows(run, available), _half_precision(run, available), _sequential_cfg(run, available)]
+             _windows(run, available), _half_precision(run, available), _sequential_cfg(run, available),
+             _no_cache(run, available)]
     return [s for s in found if s is not None]
 
 
@@ -401,8 +422,11 @@ def _one_window_batch(run: _Run, available: int) -> str | None:
 
 def _windows(run: _Run, available: int) -> str | None:
     """The longest context window that fits: shorter than the video (and than the run's own
-    window), at most the trained length, at least ``MIN_WINDOW_LATENTS``."""
+    window), at most the trained length, at least ``MIN_WINDOW_LATENTS``; none with a step cache
+    (the two do not combine)."""
     family, plan, context = run.family, run.plan, run.context
+    if run.cache is not None:
+        return None
     trained = family.check_frames(family.default_frames, windowed=True)
     longest = min(trained, plan.total_latent_frames - 1, context.length - 1 if context else trained)
     for length in range(longest, MIN_WINDOW_LATENTS - 1, -1):
@@ -442,6 +466,13 @@ def _sequential_cfg(run: _Run, available: int) -> str | None:
         return None
     estimate = run.fits(available, cfg_batched=False)
     return None if estimate is None else f"sequential CFG (--cfg-sequential; {_about(estimate)})"
+
+
+def _no_cache(run: _Run, available: int) -> str | None:
+    if run.cache is None:
+        return None
+    estimate = run.fits(available, cache=None)
+    return None if estimate is None else f"without the {run.cache} step cache ({_about(estimate)})"
 
 
 def beyond_trained_length(family: Family, frames: int, windowed: bool) -> str | None:

@@ -136,3 +136,35 @@ def test_refusals() -> None:
                                cache=CacheOptions("fastercache"))
     with pytest.raises(ValueError, match="cfg <= 1"):
         pipeline.validate(models, unguided)
+
+
+@pytest.mark.parametrize("method", ["teacache", "fbc", "pab", "fastercache"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_memory_estimate_is_what_the_cache_holds(method: str, batched: bool, monkeypatch) -> None:
+    """The memory check's figure for each cache equals the bytes it holds after a run (and is in
+    the estimate the run is judged by)."""
+    from cogvideox_core.memory import estimate_sampling
+    from cogvideox_core.models.step_cache import held_bytes
+
+    family_name, _cls, sampler, mode, h, w = CASES["t2v-5b-ddim"]
+    _, models = build(family_name, layers=2)
+    made = []
+    monkeypatch.setattr(pipeline, "make_step_cache", lambda *a: made.append(make_step_cache(*a)) or made[-1])
+    request = GenerateRequest(prompt=PROMPT, negative_prompt=NEGATIVE, frames=9, height=h, width=w, steps=STEPS,
+                              cfg=6.0, sampler=sampler, seed=SEED, cfg_batched=batched,
+                              cache=CacheOptions(method, 1e9 if method in ("teacache", "fbc") else None))
+    generate_latents(models, request)
+    cfg, plan = models.family.transformer, pipeline.validate(models, request)
+    n = plan.total_latent_frames * (plan.height_lat // 2) * (plan.width_lat // 2)
+    expected = held_bytes(method, layers=2, seq=n + cfg.max_text_len, video_tokens=n, dim=cfg.inner_dim, elem=4,
+                          guided=True, batched=batched,
+                          output_numel=plan.total_latent_frames * 16 * plan.height_lat * plan.width_lat)
+    extra = cfg.time_embed_dim * 4 * 2 if method == "teacache" else 0  # the kept timestep embeddings
+    assert made[0].held_bytes() == expected + extra
+    args = pipeline.memory_args(models.family, request, "cpu", None)
+
+    def sampling(**change) -> int:
+        estimate = estimate_sampling(models.family, plan, torch.float32, **{**args, **change})
+        return estimate.total() if estimate.phase == "sampling" else estimate.other_phases["sampling"]
+
+    assert sampling() - sampling(cache=None) == expected

@@ -283,3 +283,25 @@ def test_beyond_trained_length():
     assert beyond_trained_length(one_five, 81, windowed=False) is None
     assert "81 frames" in beyond_trained_length(one_five, 85, windowed=False)
     assert beyond_trained_length(fun, 85, windowed=False) is None
+
+
+def test_full_size_step_cache_memory_and_the_no_cache_suggestion():
+    """At 5B 49x480x720 bf16, PAB and FasterCache hold one or two attention outputs per block
+    (about 9 GiB): counted in sampling, and "without the cache" offered when they do not fit."""
+    family, plan = full_size()
+    plain = estimate_of(family, plan)
+    held = {}
+    for method in ("teacache", "fbc", "pab", "fastercache"):
+        cached = estimate_sampling(family, plan, torch.bfloat16, cfg_batched=True, guided=True, context=None,
+                                   device_type="cuda", cache=method)
+        held[method] = cached.parts[f"{method} cache"]
+        assert cached.total() - plain.total() == held[method]
+    logger.info("5B 49x480x720 bf16 step cache memory: %s",
+                ", ".join(f"{k} {format_bytes(v)}" for k, v in held.items()))
+    assert held["teacache"] < held["fbc"] < 0.5 * GiB
+    assert 8 * GiB < held["pab"] < held["fastercache"] < 10 * GiB
+    available = plain.total() + GiB
+    fixes = suggestions(family, plan, torch.bfloat16, available, cfg_batched=True, guided=True,
+                        context=None, device_type="cuda", cache="fastercache")
+    assert any(f.startswith("without the fastercache step cache (") for f in fixes), fixes
+    assert not any("context windows" in f for f in fixes)

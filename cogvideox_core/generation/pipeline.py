@@ -211,7 +211,8 @@ def memory_args(family: Family, request: GenerateRequest, device_type: str, vae:
     ``request`` (``weights``: bytes not loaded yet, counted on top)."""
     return {"cfg_batched": request.cfg_batched, "guided": request.cfg > 1.0,
             "context": None if request.context is None else request.context.to_latent(family),
-            "device_type": device_type, "vae": vae, "vae_dtype": vae_dtype, "weights": weights}
+            "device_type": device_type, "vae": vae, "vae_dtype": vae_dtype, "weights": weights,
+            "cache": None if request.cache is None else request.cache.method}
 
 
 def _memory_args(models: Models, request: GenerateRequest, device_type: str) -> dict[str, Any]:

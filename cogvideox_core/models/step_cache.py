@@ -74,11 +74,33 @@ def make_step_cache(options: CacheOptions, family: str, mode: str) -> StepCache:
     return FirstBlockCache(threshold)
 
 
+def held_bytes(method: str, *, layers: int, seq: int, video_tokens: int, dim: int, elem: int,
+               guided: bool, batched: bool, output_numel: int) -> int:
+    """What a ``method`` cache holds at most during a run (what :meth:`StepCache.held_bytes`
+    measures at its end): ``seq`` = text + ``video_tokens`` tokens of width ``dim`` in ``elem``-byte
+    elements, ``output_numel`` the elements of one branch's model output. TeaCache: the stack
+    residual per CFG state (batched: one state of 2 samples; sequential: one per branch) and a
+    timestep embedding; FBC: also block 0's video residual; PAB: one attention output per block
+    and state; FasterCache: two conditional attention outputs per block and two complex64
+    spectra of an output."""
+    states = 2 if guided else 1  # samples over all states: [2, ...] batched or 1 + 1 sequential
+    token_row = seq * dim * elem
+    if method == "teacache":
+        return states * token_row
+    if method == "fbc":
+        return states * (token_row + video_tokens * dim * elem)
+    if method == "pab":
+        return layers * states * token_row
+    if method == "fastercache":
+        return layers * 2 * token_row + 2 * output_numel * 8
+    raise ValueError(f"cache method={method!r}: known: {', '.join(METHODS)}")
+
+
 def report(cache: StepCache) -> None:
     """Log what ``cache`` saved in the run (evaluations ran of the uncached count, memory held)."""
     logger.info(cache.summary())
 
 
-__all__ = ["report", "CacheOptions", "StepCache", "TeaCache", "FirstBlockCache", "PyramidAttentionBroadcast",
+__all__ = ["report", "held_bytes", "CacheOptions", "StepCache", "TeaCache", "FirstBlockCache", "PyramidAttentionBroadcast",
            "FasterCache", "make_step_cache", "teacache_coefficients", "check_guided",
            "TEACACHE_COEFFICIENTS", "METHODS", "THRESHOLDED"]
