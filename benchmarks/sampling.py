@@ -141,7 +141,8 @@ def report_setup(args: argparse.Namespace, family, model, rounds: str | None = N
     cfg = family.transformer
     params = sum(p.numel() for p in model.parameters()) / 1e6
     lat = latent_frames(args.frames)
-    print(f"benchmark: {family.name} transformer at real width, {cfg.num_layers} layers of {cfg.num_heads} heads "
+    width = "real width" if cfg.inner_dim == get_family(family.name).transformer.inner_dim else f"width {cfg.inner_dim}"
+    print(f"benchmark: {family.name} transformer at {width}, {cfg.num_layers} layers of {cfg.num_heads} heads "
           f"x {cfg.head_dim} (inner {cfg.inner_dim}), {params:.0f}M parameters, random weights, {args.dtype} on "
           f"{args.device}, {torch.get_num_threads()} threads")
     print(f"request: {args.frames} frames {args.height}x{args.width} ({lat} latent frames), 226 text tokens, "
