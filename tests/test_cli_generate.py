@@ -62,6 +62,32 @@ def test_generate_safetensors_equals_the_pipeline(tiny_5b, tmp_path: Path) -> No
     assert torch.equal(frames, generate(models, request))
 
 
+@pytest.mark.parametrize("method", ["pab", "fastercache"])
+def test_generate_with_an_attention_cache_equals_the_pipeline(tiny_5b, tmp_path: Path, method: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """--cache pab|fastercache: the core pipeline's frames with the cache, and its summary logged
+    at INFO by a logger the CLI lets through without --verbose (the root stays at WARNING)."""
+    import logging
+
+    from cogvideox_core.models.step_cache import CacheOptions
+
+    root, models = tiny_5b
+    out = tmp_path / "frames.safetensors"
+    args = [a if a != "3" else "12" for a in ARGS]  # 12 steps: the caches reuse on some
+    assert main(["generate", "--model", str(root), *args, "--sampler", "ddim", "--cache", method,
+                 "--out", str(out)]) == 0
+    summary = [r for r in caplog.records if r.name == "cogvideox_core.models.step_cache"]
+    assert len(summary) == 1 and summary[0].getMessage().startswith(f"step cache {method}: ")
+    assert logging.getLogger(summary[0].name).getEffectiveLevel() == logging.INFO
+    request = GenerateRequest(prompt="a lighthouse at dusk", negative_prompt="blurry", frames=9, height=32,
+                              width=48, steps=12, seed=11, sampler="ddim", cache=CacheOptions(method))
+    cached = load_file(str(out))["frames"]
+    assert torch.equal(cached, generate(models, request))
+    plain = generate(models, GenerateRequest(prompt="a lighthouse at dusk", negative_prompt="blurry", frames=9,
+                                             height=32, width=48, steps=12, seed=11, sampler="ddim"))
+    assert not torch.equal(cached, plain)
+
+
 def _png(path: Path, seed: int) -> Path:
     from PIL import Image
 
