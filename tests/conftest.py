@@ -27,6 +27,18 @@ def node_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_models(tmp_path_factory.mktemp("node_models") / "models")
 
 
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every loader fails the test: a refusal seen with this fixture happened before loading."""
+    from cogvideox_core.loading import text, weights
+
+    def called(*_a: object, **_k: object) -> None:
+        raise AssertionError("a loader was called before the refusal")
+
+    for module, name in ((weights, "load_transformer"), (weights, "load_vae"), (text, "load_text_encoder")):
+        monkeypatch.setattr(module, name, called)
+
+
 @pytest.fixture(scope="session", params=sorted(GENERATIONS))
 def server(request: pytest.FixtureRequest, models: Path, tmp_path_factory: pytest.TempPathFactory):
     """A live ComfyUI of one generation (the test id says which) with the pack, the tiny

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from cli_util import refused as _refused
 from pipeline_models import save_tree
 
 from cogvideox_core import attention as attn
@@ -190,26 +191,6 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 SMALL = ["--prompt", "a lighthouse", "--frames", "9", "--height", "32", "--width", "48", "--steps", "2",
          "--device", "cpu"]
-
-
-@pytest.fixture
-def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    from cogvideox_core.loading import text, weights
-
-    def called(*_a: object, **_k: object) -> None:
-        raise AssertionError("a loader was called before the refusal")
-
-    for module, name in ((weights, "load_transformer"), (weights, "load_vae"), (text, "load_text_encoder")):
-        monkeypatch.setattr(module, name, called)
-
-
-def _refused(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    capsys.readouterr()
-    code = cli_main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 1, err
-    assert err.startswith("error: ") and "\n" not in err and "loader was called" not in err, err
-    return err
 
 
 def test_cli_refuses_sage_on_the_cpu_before_loading(tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_util import refused as _refused
 from pipeline_models import save_tree
 
 from cogvideox_core.cli.main import main as cli_main
@@ -45,27 +46,6 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (folder / "latin1.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))
     write_mp4(torch.rand(12, 32, 48, 3), folder / "clip.mp4")
     return {p.stem: p for p in folder.iterdir()}
-
-
-@pytest.fixture
-def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every loader fails the test: a refusal seen with this fixture happened before loading."""
-    from cogvideox_core.loading import text, weights
-
-    def called(*_a: object, **_k: object) -> None:
-        raise AssertionError("a loader was called before the refusal")
-
-    for module, name in ((weights, "load_transformer"), (weights, "load_vae"), (text, "load_text_encoder")):
-        monkeypatch.setattr(module, name, called)
-
-
-def _refused(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
-    capsys.readouterr()  # drop what fixtures printed
-    code = cli_main(argv)
-    err = capsys.readouterr().err.strip()
-    assert code == 1, err
-    assert err.startswith("error: ") and "\n" not in err and "loader was called" not in err, err
-    return err
 
 
 def _transformer_file(tree: Path) -> Path:
