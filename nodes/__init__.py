@@ -2,9 +2,9 @@
 the pack's model folders with ``folder_paths`` (no disk scan, no model code run at import)."""
 from __future__ import annotations
 
-from . import conditioning, host, loaders, sampling, text, vae, video
+from . import conditioning, host, loaders, sampling, text, torch_compile, vae, video
 
-_FILES = (loaders, text, conditioning, sampling, vae, video)
+_FILES = (loaders, torch_compile, text, conditioning, sampling, vae, video)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -31,6 +31,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     from ..loading.weights import COMPUTE_DTYPES
+    from ..models.step_cache import METHODS
     from ..sampling import SAMPLER_NAMES
 
     p = sub.add_parser("generate", help="make a video from a model on disk",
@@ -57,18 +58,55 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cfg-sequential", action="store_true", help="uncond and cond in two model "
                    "calls (less memory)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache", choices=("none", "teacache", "fbc"), default="none",
-                   help="step cache: skip transformer blocks on steps whose input barely changed "
-                        "(TeaCache or First Block Cache; faster, slightly different frames)")
-    p.add_argument("--cache-threshold", type=float, help="step cache threshold > 0, higher skips more "
+    p.add_argument("--cache", choices=("none", *METHODS), default="none",
+                   help="step cache: less transformer work on steps whose input barely changed, faster "
+                        "and slightly different frames: teacache / fbc skip blocks (First Block Cache), "
+                        "pab reuses attention (Pyramid Attention Broadcast), fastercache also rebuilds "
+                        "the unconditional branch (needs --cfg > 1; the most memory)")
+    p.add_argument("--cache-threshold", type=float, help="teacache/fbc threshold > 0, higher skips more "
                    "(default: TeaCache 0.2 text-to-video, 0.1 image-to-video; First Block Cache 0.05)")
     p.add_argument("--sampler", choices=SAMPLER_NAMES, help="default: the family's recommended one")
     p.add_argument("--dtype", choices=[str(d).removeprefix("torch.") for d in COMPUTE_DTYPES.values()],
                    help="default: bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--device", help="default: cuda if available, else cpu")
+    _add_speed(p)
     _add_long_video(p)
     p.add_argument("--out", required=True, help="output .mp4 or .safetensors")
     p.set_defaults(run=run_generate)
+
+
+def _add_speed(p: argparse.ArgumentParser) -> None:
+    from ..attention import ATTENTION_CHOICES
+    from ..loading.weights import FP8_DTYPES
+
+    p.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa",
+                   help="sdpa (default): torch's choice of exact kernel; flash: torch's FlashAttention "
+                        "only (CUDA, bf16/fp16); sage: SageAttention (faster, int8 q/k: close, not equal; "
+                        "pip install sageattention); auto: sage if the package and the GPU can run it, "
+                        "else flash, else sdpa")
+    p.add_argument("--weight-dtype", choices=tuple(FP8_DTYPES), help="store the transformer blocks' "
+                   "matmul weights in fp8 (half the memory of bf16; default: the compute dtype); "
+                   "fp8_e4m3fn runs scaled fp8 matmuls on GPUs of compute capability 8.9+")
+    p.add_argument("--no-fp8-matmul", action="store_true", help="with --weight-dtype fp8_e4m3fn: cast "
+                   "the weights to the compute dtype at each matmul instead (slower, closer to bf16)")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block "
+                   "(inductor; needs triton on a GPU, a C++ compiler on the CPU): the first step is "
+                   "slower (compiling, tens of seconds), later steps faster; same frames within "
+                   "rounding")
+
+
+def _transformer_options(args: argparse.Namespace, device, dtype) -> dict[str, Any]:
+    """Attention, fp8 storage and fp8 matmuls for ``load_transformer``, refused here (before any
+    weights load) when they cannot run on ``device`` in ``dtype``."""
+    from ..attention import select_attention
+    from ..loading.weights import FP8_DTYPES
+
+    if args.no_fp8_matmul and args.weight_dtype != "fp8_e4m3fn":
+        given = f"--weight-dtype {args.weight_dtype}" if args.weight_dtype else "no --weight-dtype"
+        raise ValueError(f"--no-fp8-matmul with {given}: fp8 matmuls only run on fp8_e4m3fn weights; "
+                         "give --weight-dtype fp8_e4m3fn or drop --no-fp8-matmul")
+    return {"attention": select_attention(args.attention, device, dtype),
+            "weight_dtype": FP8_DTYPES.get(args.weight_dtype), "fp8_compute": not args.no_fp8_matmul}
 
 
 def _add_long_video(p: argparse.ArgumentParser) -> None:
@@ -107,10 +145,13 @@ def run_generate(args: argparse.Namespace) -> int:
     family = _family_from_headers(args.model, args.family)
     request, chain, plan = _request(args, family)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    options = _transformer_options(args, device, dtype)
+    _check_compile(args, device)  # before any weights load
     runtime = TorchRuntime(device=device)
     preflight.check_memory(family, request, plan, dtype, device, runtime.free_memory(), sizes)
     with interrupts_to(runtime):
-        models = _load(args, family.name, dtype, runtime)
+        models = _load(args, family.name, dtype, runtime, options)
+        _compile(args, models, device)
         runtime.check_interrupt()
         frames = _generate(models, request, runtime, chain)
         runtime.check_interrupt()  # a signal during the decode's last chunk
@@ -118,6 +159,21 @@ def run_generate(args: argparse.Namespace) -> int:
     sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
                      f"{models.family.name}, {time.monotonic() - start:.1f} s)\n")
     return 0
+
+
+def _check_compile(args: argparse.Namespace, device) -> None:
+    if args.compile:
+        from ..models.compile import check_compile_support
+
+        check_compile_support(device)
+
+
+def _compile(args: argparse.Namespace, models, device) -> None:
+    """``--compile``: the transformer's blocks compile in place on their first call."""
+    if args.compile:
+        from ..models.compile import compile_blocks
+
+        compile_blocks(models.transformer, device=device)
 
 
 def _family_from_headers(model: str, family: str | None):
@@ -246,13 +302,13 @@ def _same_size(name: str, images: list, paths: list[str]):
     return torch.cat(images)
 
 
-def _load(args: argparse.Namespace, family: str, dtype, runtime):
+def _load(args: argparse.Namespace, family: str, dtype, runtime, options: dict[str, Any] | None = None):
     from ..generation.pipeline import Models
     from ..loading.text import load_text_encoder
     from ..loading.weights import load_scheduler_config, load_transformer, load_vae
 
     device = runtime.device
-    transformer, fam = load_transformer(args.model, dtype, device, family=family)
+    transformer, fam = load_transformer(args.model, dtype, device, family=family, **(options or {}))
     vae = load_vae(args.vae or args.model, dtype, device)
     text = load_text_encoder(args.text_encoder or args.model, dtype, device)
     return Models(transformer.eval(), fam, vae.eval(), text, load_scheduler_config(args.model))

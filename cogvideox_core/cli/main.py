@@ -21,7 +21,8 @@ from typing import Sequence
 
 from .generate import add_commands as _add_generate_commands
 from ..errors import CogVideoXError, Interrupted
-from ..loading.weights import ModelInfo, inspect_path
+from ..loading.weights import ModelInfo, file_format, inspect_path
+from ..loading.quantized import describe as describe_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("cogvideox_core.models.step_cache").setLevel(logging.INFO)  # the cache's summary
+    logging.getLogger("cogvideox_core.models.compile").setLevel(logging.INFO)  # --compile: sizes compiled
     try:
         return int(args.run(args))
     except (Exception, KeyboardInterrupt) as e:  # every failure: one line (+ traceback with -v)
@@ -120,8 +122,11 @@ def format_info(info: ModelInfo) -> str:
         dtypes = ", ".join(f"{k} {v / 2**30:.2f} GiB" for k, v in comp.dtypes().items())
         where = comp.found.layout if comp.found else "?"
         prefix = f", prefix {comp.found.prefix!r}" if comp.found and comp.found.prefix else ""
+        fmt = file_format(comp)  # safetensors unsaid; e.g. ", SAT checkpoint (.pt)"
+        quant = describe_quantization(comp)  # e.g. "scaled fp8 (float8_e4m3fn)"
         lines.append(f"  {name}: {len(comp.index)} tensors in {len(comp.files)} file(s), "
-                     f"{where} layout{prefix}; {dtypes}")
+                     f"{where} layout{prefix}{'' if fmt == 'safetensors' else ', ' + fmt}"
+                     f"{', ' + quant if quant else ''}; {dtypes}")
     cfg = info.transformer_config
     if cfg is not None:
         lines.append(f"  transformer config: {cfg.num_layers} layers, "
