@@ -128,12 +128,15 @@ def quantize_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+               weight_scale: torch.Tensor | None = None) -> torch.Tensor:
     """x [..., K] (bf16/fp16) @ weight [N, K] (float8_e4m3fn, scale 1).T + bias -> [..., N] in
-    x's dtype, through one scaled fp8 matmul (``torch._scaled_mm``, fp32 accumulation)."""
+    x's dtype, through one scaled fp8 matmul (``torch._scaled_mm``, fp32 accumulation).
+    ``weight_scale``: the weight's per-tensor scale (a float32 scalar, ComfyUI ``scale_weight``)."""
     lead, k = x.shape[:-1], x.shape[-1]
     q, scale = quantize_fp8(x.reshape(-1, k))  # [M, K] row-major, as _scaled_mm wants
-    one = torch.ones((), device=x.device, dtype=torch.float32)
+    one = (torch.ones((), device=x.device, dtype=torch.float32) if weight_scale is None
+           else weight_scale.to(device=x.device, dtype=torch.float32))
     out = torch._scaled_mm(q, weight.t(), scale_a=scale, scale_b=one,  # weight.t(): column-major
                            bias=_cast(bias, x), out_dtype=x.dtype)
     out = out[0] if isinstance(out, tuple) else out  # torch < 2.5 also returned amax

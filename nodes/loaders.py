@@ -12,16 +12,19 @@ from typing import Any
 import torch
 
 from ..cogvideox_core.families import FAMILY_NAMES
+from ..cogvideox_core.loading.gguf_file import gguf_layers
 from ..cogvideox_core.loading.lora import load_lora
 from ..cogvideox_core.loading.text import load_text_encoder
-from ..cogvideox_core.loading.weights import (COMPUTE_DTYPES, FP8_DTYPES, load_scheduler_config,
+from ..cogvideox_core.quant import QuantizedLinear
+from ..cogvideox_core.loading.weights import (COMPUTE_DTYPES, FP8_DTYPES, INT8_DTYPES, load_scheduler_config,
                                               load_transformer, load_vae)
 from . import host
 from .common import MODEL, T5, VAE, ModelHandle, T5Handle, VAEHandle, check_finite, choice, float_input, tip
 
 # Storage dtype choices; "auto" is bf16 where the device supports it, else fp32. fp8 stores
-# the block matmul weights in fp8 and computes in the auto dtype (see cogvideox_core.loading.weights).
-MODEL_DTYPES = ("auto", *COMPUTE_DTYPES, *FP8_DTYPES)
+# the block matmul weights in fp8, int8 in int8 with per-channel scales (cogvideox_core.loading.quantized),
+# both computed in the auto dtype (see cogvideox_core.loading.weights).
+MODEL_DTYPES = ("auto", *COMPUTE_DTYPES, *FP8_DTYPES, *INT8_DTYPES)
 VAE_DTYPES = ("auto", *COMPUTE_DTYPES)
 T5_DTYPES = ("auto", *COMPUTE_DTYPES, "fp8_e4m3fn")
 ATTENTION = ("auto", "comfy", "sdpa")
@@ -34,7 +37,7 @@ def resolve_dtype(name: str, value: str, allowed: tuple[str, ...], role: str) ->
         return COMPUTE_DTYPES[value], None
     device = host.devices(role)[0]
     auto = torch.bfloat16 if host.supports_bf16(device) else torch.float32
-    return auto, FP8_DTYPES.get(value)
+    return auto, FP8_DTYPES.get(value) or INT8_DTYPES.get(value)
 
 
 class CogVideoXModelLoader:
@@ -54,7 +57,9 @@ class CogVideoXModelLoader:
             "model": tip(host.list_models("transformer"), "A diffusers folder (from models/CogVideo, "
                          "CogVideoX_Fun, Fun_Models) or a single transformer file (models/diffusion_models)."),
             "weight_dtype": tip(list(MODEL_DTYPES), "Weight storage: auto = bf16 where supported, else "
-                                "fp32; fp8 stores the block weights in fp8 (half the memory), computed in auto. "
+                                "fp32; fp8 stores the block weights in fp8 (half the memory), computed in auto; "
+                                "int8 stores them as 8-bit integers with one scale per output channel (about "
+                                "half of bf16's memory), dequantized at each layer. "
                                 "5B/1.5 weights are bf16-trained: fp16 gives black video."),
             "attention": tip(list(ATTENTION), "auto/comfy: ComfyUI's attention function; sdpa: torch's "
                              "scaled_dot_product_attention."),
@@ -72,7 +77,8 @@ class CogVideoXModelLoader:
         choice("family", family, ("auto", *FAMILY_NAMES))
         module, fam = load_transformer(
             path, dtype=dtype, device=host.devices("diffusion")[1],
-            family=None if family == "auto" else family, ops=host.layer_ops(storage is not None, storage, dtype),
+            family=None if family == "auto" else family,
+            ops=host.layer_ops(storage not in (None, torch.int8), storage, dtype),  # int8: own layers
             attention=host.attention(attention), weight_dtype=storage)
         patcher = host.wrap(module, "diffusion")
         return ModelHandle(patcher, fam, dtype, model, scheduler=load_scheduler_config(path)), float(fam.fps)
@@ -148,12 +154,26 @@ class CogVideoXLoraLoader:
         check_finite(self, strength=strength)
         if strength == 0.0:
             return (model,)
+        if gguf_layers(model.model):  # its quantized weights cannot take a merged update yet
+            raise ValueError(f"lora={lora!r}: the model {model.name!r} is a GGUF file, whose quantized block "
+                             "weights take no LoRA yet: use a .safetensors model with LoRAs")
         path = host.model_path("lora", lora, "lora")
         shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
         weights = load_lora(path, shapes)
+        _check_quantized_patching(model, lora, weights)
         patcher = model.patcher.clone()
         patcher.add_patches({k: host.lora_patch(w) for k, w in weights.items()}, strength)
         return (dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{lora}:{strength:g}")),)
+
+
+def _check_quantized_patching(model: ModelHandle, lora: str, keys: Any) -> None:
+    """A LoRA on int8 (or other quantized) layers needs a host that patches through their hooks."""
+    quantized = [k for k in keys if isinstance(model.model.get_submodule(k.rpartition(".")[0]), QuantizedLinear)]
+    if quantized and not host.patches_quantized_weights():
+        raise ValueError(f"lora={lora!r}: it changes {len(quantized)} quantized (int8) layers, e.g. "
+                         f"{quantized[0]!r}, and this ComfyUI would add it to the stored integer codes; "
+                         "update ComfyUI (late 2024 or newer) or load the model with weight_dtype auto, "
+                         "bf16 or fp8")
 
 
 NODES: dict[str, Any] = {

@@ -75,11 +75,20 @@ class MergingPatcher:
         for key, plist in self.patches.items():
             p = params[key]
             state["backup"][key] = p.data
-            merged = p.data.float()
+            convert, store = _hooks(self.model, key)  # quantized layers, as ModelPatcher uses them
+            merged = convert(p.data.float(), inplace=True) if convert else p.data.float()
             for strength, patch in plist:
                 merged = merged + strength * lora_delta(patch, merged)
-            p.data = merged.to(p.dtype)
+            p.data = store(merged, return_weight=True) if store else merged.to(p.dtype)
         state["owner"] = self
+
+
+def _hooks(model: nn.Module, key: str) -> tuple[Any, Any]:
+    """The ``convert_<param>`` / ``set_<param>`` methods of the module owning ``key`` (ComfyUI's
+    ``get_key_weight``: layers that store weights quantized define them), or Nones."""
+    module_name, _, param = key.rpartition(".")
+    module = model.get_submodule(module_name)
+    return getattr(module, f"convert_{param}", None), getattr(module, f"set_{param}", None)
 
 
 class RecordingRuntime(TorchRuntime):

@@ -14,8 +14,8 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1] / "cogvideox_core"
 LAYERS = [  # lowest first; a name is a top-level module or sub-package of cogvideox_core
-    {"__init__", "errors", "families", "ops", "attention", "runtime", "video_io"},
-    {"models", "vae", "sampling"},
+    {"__init__", "errors", "families", "ops", "attention", "runtime", "video_io", "gguf_quants"},
+    {"models", "vae", "sampling", "quant"},
     {"loading", "memory"},
     {"generation"},
     {"long_video"},

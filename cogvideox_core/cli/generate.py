@@ -77,16 +77,20 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def _add_speed(p: argparse.ArgumentParser) -> None:
     from ..attention import ATTENTION_CHOICES
-    from ..loading.weights import FP8_DTYPES
+    from .storage import WEIGHT_DTYPE_CHOICES
 
     p.add_argument("--attention", choices=ATTENTION_CHOICES, default="sdpa",
                    help="sdpa (default): torch's choice of exact kernel; flash: torch's FlashAttention "
                         "only (CUDA, bf16/fp16); sage: SageAttention (faster, int8 q/k: close, not equal; "
                         "pip install sageattention); auto: sage if the package and the GPU can run it, "
                         "else flash, else sdpa")
-    p.add_argument("--weight-dtype", choices=tuple(FP8_DTYPES), help="store the transformer blocks' "
-                   "matmul weights in fp8 (half the memory of bf16; default: the compute dtype); "
-                   "fp8_e4m3fn runs scaled fp8 matmuls on GPUs of compute capability 8.9+")
+    p.add_argument("--weight-dtype", choices=WEIGHT_DTYPE_CHOICES, default="auto",
+                   help="storage of the transformer blocks' matmul weights (--dtype stays the compute "
+                   "dtype): auto (default) keeps fp8 files (plain or ComfyUI scaled fp8) in fp8, others "
+                   "in the compute dtype; bf16/fp16/fp32 (the compute dtype too unless --dtype says "
+                   "it); fp8_e4m3fn/fp8_e5m2 (half the memory of bf16; fp8_e4m3fn runs scaled fp8 "
+                   "matmuls on GPUs of compute capability 8.9+); int8 (weight-only, per output "
+                   "channel scales: about half of bf16's memory, dequantized at each matmul)")
     p.add_argument("--no-fp8-matmul", action="store_true", help="with --weight-dtype fp8_e4m3fn: cast "
                    "the weights to the compute dtype at each matmul instead (slower, closer to bf16)")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block "
@@ -98,15 +102,18 @@ def _add_speed(p: argparse.ArgumentParser) -> None:
 def _transformer_options(args: argparse.Namespace, device, dtype) -> dict[str, Any]:
     """Attention, fp8 storage and fp8 matmuls for ``load_transformer``, refused here (before any
     weights load) when they cannot run on ``device`` in ``dtype``."""
-    from ..attention import select_attention
-    from ..loading.weights import FP8_DTYPES
+    import torch
 
-    if args.no_fp8_matmul and args.weight_dtype != "fp8_e4m3fn":
-        given = f"--weight-dtype {args.weight_dtype}" if args.weight_dtype else "no --weight-dtype"
-        raise ValueError(f"--no-fp8-matmul with {given}: fp8 matmuls only run on fp8_e4m3fn weights; "
-                         "give --weight-dtype fp8_e4m3fn or drop --no-fp8-matmul")
+    from ..attention import select_attention
+    from .storage import storage_dtype
+
+    weight_dtype = storage_dtype(args, dtype)
+    if args.no_fp8_matmul and weight_dtype != torch.float8_e4m3fn:
+        raise ValueError(f"--no-fp8-matmul with --weight-dtype {args.weight_dtype} ({weight_dtype or dtype} "
+                         "block weights): fp8 matmuls only run on fp8_e4m3fn weights; give "
+                         "--weight-dtype fp8_e4m3fn or drop --no-fp8-matmul")
     return {"attention": select_attention(args.attention, device, dtype),
-            "weight_dtype": FP8_DTYPES.get(args.weight_dtype), "fp8_compute": not args.no_fp8_matmul}
+            "weight_dtype": weight_dtype, "fp8_compute": not args.no_fp8_matmul}
 
 
 def _add_long_video(p: argparse.ArgumentParser) -> None:
@@ -131,9 +138,8 @@ def _add_long_video(p: argparse.ArgumentParser) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     """Judge everything that can be judged from flags, headers and media files, then load,
     generate and write. Interrupts (SIGINT, SIGTERM) stop at the next step; nothing is written."""
-    import torch
-
     from .signals import interrupts_to
+    from .storage import compute_dtype
     from ..runtime import TorchRuntime
     from ..video_io import write_frames
 
@@ -144,11 +150,12 @@ def run_generate(args: argparse.Namespace) -> int:
     sizes = preflight.check_components(args)
     family = _family_from_headers(args.model, args.family)
     request, chain, plan = _request(args, family)
-    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    dtype = compute_dtype(args, device)
     options = _transformer_options(args, device, dtype)
     _check_compile(args, device)  # before any weights load
     runtime = TorchRuntime(device=device)
-    preflight.check_memory(family, request, plan, dtype, device, runtime.free_memory(), sizes)
+    preflight.check_memory(family, request, plan, dtype, device, runtime.free_memory(), sizes,
+                           options["weight_dtype"])
     with interrupts_to(runtime):
         models = _load(args, family.name, dtype, runtime, options)
         _compile(args, models, device)

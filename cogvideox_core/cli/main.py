@@ -19,6 +19,7 @@ import sys
 import traceback
 from typing import Sequence
 
+from .convert import add_commands as _add_convert_commands
 from .generate import add_commands as _add_generate_commands
 from ..errors import CogVideoXError, Interrupted
 from ..loading.weights import ModelInfo, file_format, inspect_path
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_info(sub)
     _add_generate_commands(sub)  # generate, demo
+    _add_convert_commands(sub)  # convert
     for command in sub.choices.values():  # -v after the command too
         command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                              help="log at DEBUG level and show tracebacks")

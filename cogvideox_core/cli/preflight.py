@@ -182,10 +182,19 @@ class ComponentSizes:
     vae: int
     text_encoder: int
     vae_config: VAEConfig
+    block_weights: int = 0  # of ``transformer``: the block matmul weights fp8 storage keeps
+    int8_weights: int = 0  # the weights int8 storage keeps (those and the blocks' adaLN linears)
+    int8_rows: int = 0  # their output channels: int8 keeps a float32 scale per row
 
-    def nbytes(self, dtype: torch.dtype) -> int:
-        """Bytes of all three in ``dtype``."""
-        return (self.transformer + self.vae + self.text_encoder) * dtype.itemsize
+    def nbytes(self, dtype: torch.dtype, weight_dtype: torch.dtype | None = None) -> int:
+        """Bytes of all three in ``dtype``, the weights ``weight_dtype`` storage applies to in
+        it (fp8, int8: 1 byte a value; int8 plus 4 bytes a row) if given."""
+        total = (self.transformer + self.vae + self.text_encoder) * dtype.itemsize
+        if weight_dtype is None or weight_dtype == dtype:
+            return total
+        if not weight_dtype.is_floating_point:  # int8
+            return total - self.int8_weights * (dtype.itemsize - weight_dtype.itemsize) + 4 * self.int8_rows
+        return total - self.block_weights * (dtype.itemsize - weight_dtype.itemsize)
 
 
 def check_components(args: argparse.Namespace) -> ComponentSizes:
@@ -199,6 +208,8 @@ def check_components(args: argparse.Namespace) -> ComponentSizes:
         try:
             comp = find_component(getattr(args, source), name)
             sizes[name] = sum(math.prod(e.shape) for e in comp.index.values())
+            if name == "transformer":
+                sizes.update(_block_weights(comp))
             if name == "vae":
                 sizes["vae_config"] = vae_config(comp)
         except WeightsError as e:
@@ -207,15 +218,30 @@ def check_components(args: argparse.Namespace) -> ComponentSizes:
     return ComponentSizes(**sizes)  # type: ignore[arg-type]
 
 
+def _block_weights(comp) -> dict[str, int]:
+    """Values of the transformer weights fp8 and int8 storage apply to, and int8's rows."""
+    from ..loading.files import index_shapes
+    from ..loading.quantized import INT8_TRANSFORMER_KEYS
+    from ..loading.weights import FP8_TRANSFORMER_KEYS, component_plan, plan_shapes
+
+    shapes = plan_shapes(component_plan(comp), index_shapes(comp.index), comp.location)
+    int8 = [shape for key, shape in shapes.items() if INT8_TRANSFORMER_KEYS.match(key)]
+    return {"block_weights": sum(math.prod(s) for k, s in shapes.items() if FP8_TRANSFORMER_KEYS.match(k)),
+            "int8_weights": sum(math.prod(s) for s in int8), "int8_rows": sum(s[0] for s in int8)}
+
+
 def check_memory(family: Family, request: GenerateRequest, plan: ConditioningPlan, dtype: torch.dtype,
-                 device: torch.device, available: int, sizes: ComponentSizes) -> None:
+                 device: torch.device, available: int, sizes: ComponentSizes,
+                 weight_dtype: torch.dtype | None = None) -> None:
     """``NotEnoughMemory`` before loading when the weights (all on ``device``, as the CLI keeps
-    them) and the run's peak cannot fit in ``available`` bytes, with what would fit."""
+    them; the block matmul weights in ``weight_dtype``) and the run's peak cannot fit in
+    ``available`` bytes, with what would fit."""
     from ..generation.pipeline import memory_args
     from ..memory import require_fit
 
     require_fit(family, plan, dtype, available, where=str(device),
-                **memory_args(family, request, device.type, sizes.vae_config, weights=sizes.nbytes(dtype)))
+                **memory_args(family, request, device.type, sizes.vae_config,
+                              weights=sizes.nbytes(dtype, weight_dtype)))
 
 
 # ---- media ----------------------------------------------------------------------------------

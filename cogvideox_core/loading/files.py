@@ -4,9 +4,11 @@
 against the file size, so a truncated download is caught before any tensor is touched;
 :func:`read_into` reads tensor bytes straight into memory the caller owns. :func:`locate` turns
 a path (a diffusers model root, one component folder, sharded or not, or a single
-``.safetensors`` holding components under key prefixes) into components. Pickled checkpoints
-(``.pt``, ``.bin``, ``.ckpt``, ``.pth``) are refused because unpickling runs code; GGUF is not
-supported.
+``.safetensors`` holding components under key prefixes) into components. Torch checkpoints
+(``.pt``, ``.pth``, ``.ckpt``: SAT releases and fine-tunes) are indexed by
+:mod:`~cogvideox_core.loading.sat_checkpoint` (weights-only unpickling, tensors located in the
+file); other pickles (``.bin``, ``.pkl``) are refused because unpickling runs code; GGUF files
+(``.gguf``) are indexed by :mod:`~cogvideox_core.loading.gguf_index`.
 """
 from __future__ import annotations
 
@@ -154,11 +156,35 @@ def read_into(f: BinaryIO, offset: int, out: memoryview, where: Path) -> None:
         done += n
 
 
+def read_index(path: Path) -> TensorIndex:
+    """The tensors of one weight file: a safetensors header, or a torch checkpoint's state dict
+    located in the file (:func:`~cogvideox_core.loading.sat_checkpoint.read_torch_tensors`)."""
+    from .sat_checkpoint import is_torch_checkpoint
+    from .gguf_index import is_gguf, read_gguf_index  # GGUF (ComfyUI-GGUF files): its tensor table
+
+    if is_gguf(path):
+        return read_gguf_index(path)
+    return _torch_index(path) if is_torch_checkpoint(path) else read_header(path)
+
+
+def _torch_index(path: Path) -> TensorIndex:
+    """A torch checkpoint's tensors (:mod:`.sat_checkpoint` locates them) as header entries."""
+    from .sat_checkpoint import read_torch_tensors
+
+    names = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+    index: TensorIndex = {}
+    for key, (dtype, shape, offset) in read_torch_tensors(path).items():
+        if dtype not in names:
+            raise WeightsError(f"{path}: tensor {key!r} has dtype {dtype}, which this pack cannot read")
+        index[key] = TensorEntry(path, names[dtype], shape, offset)
+    return index
+
+
 def index_files(files: Sequence[Path]) -> TensorIndex:
     """The union of several files' headers (the shards of one component)."""
     index: TensorIndex = {}
     for path in files:
-        for key, entry in read_header(path).items():
+        for key, entry in read_index(path).items():
             if key in index:
                 raise WeightsError(f"{path}: tensor {key!r} is also in {index[key].file}")
             index[key] = entry
@@ -174,6 +200,10 @@ def weight_files(folder: Path) -> list[Path]:
         return _shards_of_index(indexes[0])
     files = sorted(folder.glob("*.safetensors"))
     if not files:
+        from .sat_checkpoint import checkpoint_files  # .pt/.pth/.ckpt, the SAT release layout
+
+        if checkpoint := checkpoint_files(folder):
+            return checkpoint
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in _PICKLES)
         hint = (f"; found only pickled checkpoints ({', '.join(pickles)}), which are not loaded: "
                 "save them as .safetensors" if pickles else "")
@@ -316,13 +346,14 @@ def _component_from_config(config: Mapping[str, object] | None) -> str | None:
 
 def _components_in_file(path: Path) -> dict[str, Component]:
     suffix = path.suffix.lower()
+    if suffix in (".pt", ".pth", ".ckpt"):  # torch checkpoints: sat_checkpoint.TORCH_SUFFIXES
+        return _components_in_index(read_index(path), (path,), None)
     if suffix in _PICKLES:
         raise WeightsError(f"{path}: a pickled checkpoint ({suffix}), which this pack does not "
                            "unpickle (it can run code): use the .safetensors release, or convert "
                            "(original SAT checkpoints: diffusers' scripts/convert_cogvideox_to_diffusers.py)")
-    if suffix == ".gguf":
-        raise WeightsError(f"{path}: GGUF quantised weights are not supported: use a .safetensors "
-                           "file (bf16, fp16 or fp8)")
+    if suffix == ".gguf":  # GGUF: indexed by gguf_index, quantized tensors kept quantized (gguf_file)
+        return _components_in_index(read_index(path), (path,), None)
     index = read_header(path)
     return _components_in_index(index, (path,), None)
 
@@ -369,5 +400,5 @@ def describe_keys(keys: Iterable[str]) -> str:
 
 __all__ = ["COMPONENTS", "SAFETENSORS_DTYPES", "TOKENIZER_FILES", "SCHEDULER_FILE", "find_scheduler_file",
            "TensorEntry", "TensorIndex", "Component",
-           "read_header", "read_into", "index_files", "index_shapes", "weight_files", "locate",
+           "read_header", "read_index", "read_into", "index_files", "index_shapes", "weight_files", "locate",
            "is_model_root", "describe_keys"]

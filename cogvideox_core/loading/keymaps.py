@@ -5,7 +5,7 @@ Pure functions of key names: every layout becomes a *plan* ``{diffusers_key: Sou
 ``CogVideoXTransformer3DModel`` keys (bare or under a prefix), ComfyUI's
 ``comfy/ldm/cogvideo/model.py`` names, and the SwissArmyTransformer (``sat``) layout that
 diffusers' ``convert_cogvideox_to_diffusers.py`` converts, whose fused q/k/v and adaLN tensors
-are cut while reading (safetensors only: SAT ``.pt`` files are never unpickled). VAE: diffusers
+are cut while reading (from ``.safetensors`` or, via :mod:`.sat_checkpoint`, SAT's ``.pt``). VAE: diffusers
 ``AutoencoderKLCogVideoX`` keys and the SAT VAE layout. T5: transformers ``T5EncoderModel`` keys;
 ComfyUI ``scaled_fp8`` files' ``scale_weight`` is recorded so the reader can dequantise.
 """
@@ -71,7 +71,7 @@ _SAT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) f
     (r"^mixins\.adaln_layer\.key_layernorm_list\.(\d+)\.", r"transformer_blocks.\1.attn1.norm_k."),
     (r"^time_embed\.0\.", "time_embedding.linear_1."),
     (r"^time_embed\.2\.", "time_embedding.linear_2."),
-    (r"^ofs_embed\.0\.", "ofs_embedding.linear_1."),  # 1.5-I2V, by analogy with time_embed
+    (r"^ofs_embed\.0\.", "ofs_embedding.linear_1."),  # 1.5-I2V, as diffusers' converter maps it
     (r"^ofs_embed\.2\.", "ofs_embedding.linear_2."),
     (r"^mixins\.patch_embed\.", "patch_embed."),
     (r"^mixins\.pos_embed\.pos_embedding$", "patch_embed.pos_embedding"),  # 5B-I2V learned table

@@ -11,6 +11,8 @@ left after loading is a bug.
 ``weight_dtype`` fp8 stores only the blocks' large matmul weights in fp8 (computed through
 :class:`~cogvideox_core.ops.cast_ops`); adaLN linears, norms, biases, embeddings and the output
 layers stay in ``dtype`` (fp8 adaLN breaks 1.5).
+``weight_dtype`` torch.int8, and ComfyUI ``scaled_fp8`` files kept in fp8: see
+:mod:`~cogvideox_core.loading.quantized` (quantized layers swapped in, quantized while reading).
 """
 from __future__ import annotations
 
@@ -32,9 +34,13 @@ from ..families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
 from .keymaps import Plan, Source, split_scales, t5_plan, transformer_plan, vae_plan
 from ..ops import AttentionFn, Ops, cast_ops, default_ops, fp8_matmul_ops, sdpa_attention, supports_fp8_compute
 from .files import (COMPONENTS, SAFETENSORS_DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
-                    find_scheduler_file, index_files, index_shapes, is_model_root, locate, read_header,
-                    read_into, weight_files)
+                    find_scheduler_file, index_files, index_shapes, is_model_root, locate, read_index, read_into, weight_files)
 from ..sampling.schedules import SchedulerConfig
+from .quantized import Int8Finish, plan_storage
+from .gguf_file import has_quantized, keep_quantized, read_dequantized
+from .gguf_index import describe_gguf
+from ..gguf_quants import QUANT_TYPES
+from .quantized import describe as describe_quantization
 
 if TYPE_CHECKING:
     from ..models.transformer import CogVideoXTransformer
@@ -46,6 +52,7 @@ STAGE_BYTES = 8 * 2**20  # the staging buffer converted tensors pass through
 # The dtypes a model computes in and the fp8 storage dtypes, by the names users pick them by.
 COMPUTE_DTYPES: dict[str, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 FP8_DTYPES: dict[str, torch.dtype] = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+INT8_DTYPES: dict[str, torch.dtype] = {"int8": torch.int8}  # weight-only, see loading.quantized
 # Transformer weights that fp8 storage applies to (see the module docstring).
 FP8_TRANSFORMER_KEYS = re.compile(
     r"^transformer_blocks\.\d+\.(attn1\.to_(q|k|v|out\.0)|ff\.net\.(0\.proj|2))\.weight$")
@@ -79,11 +86,23 @@ class ModelInfo:
             comps[name] = {"files": [str(f) for f in comp.files], "tensors": len(comp.index),
                            "bytes": comp.nbytes, "dtypes": comp.dtypes(),
                            "layout": comp.found.layout if comp.found else None,
-                           "prefix": comp.found.prefix if comp.found else None}
+                           "prefix": comp.found.prefix if comp.found else None,
+                           "format": file_format(comp), "quantization": describe_quantization(comp)}
         return {"path": str(self.path), "family": self.family, "components": self.component_names,
                 "details": comps,
                 "transformer_config": _as_json(self.transformer_config),
                 "vae_config": _as_json(self.vae_config)}
+
+
+def file_format(comp: Component) -> str:
+    """The container of a component's files: "safetensors" or e.g. "SAT checkpoint (.pt)", or
+    for GGUF its tensor types: "GGUF Q4_K (180 tensors), F32 (90)"."""
+    from .sat_checkpoint import checkpoint_format
+
+    gguf = describe_gguf(comp.index)
+    if gguf is not None:
+        return gguf
+    return checkpoint_format(comp.files, comp.found.layout if comp.found else None) or "safetensors"
 
 
 def _as_json(cfg: object | None) -> dict[str, object] | None:
@@ -107,7 +126,7 @@ def inspect_path(path: str | Path) -> ModelInfo:
 
 def _not_found(path: Path, what: str) -> str:
     if path.is_file():
-        return f"{path}: not a CogVideoX {what}: {describe_keys(read_header(path))}"
+        return f"{path}: not a CogVideoX {what}: {describe_keys(read_index(path))}"
     return f"{path}: no CogVideoX {what} weights in this folder"
 
 
@@ -204,8 +223,12 @@ DtypeFor = Callable[[str], torch.dtype]
 
 
 def read_plan(plan: Mapping[str, Source], index: TensorIndex, dtype_for: DtypeFor,
-              device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Read every planned tensor once (tied targets share it), converted as it is read."""
+              device: torch.device | str = "cpu",
+              finish: Callable[[str, torch.Tensor], dict[str, torch.Tensor]] | None = None,
+              ) -> dict[str, torch.Tensor]:
+    """Read every planned tensor once (tied targets share it), converted as it is read.
+    ``finish(target, tensor)``, if given, turns each tensor into the state entries it becomes
+    right after it is read (int8 quantization: :mod:`~cogvideox_core.loading.quantized`)."""
     targets: dict[Source, list[str]] = {}
     for target, src in plan.items():
         targets.setdefault(src, []).append(target)
@@ -220,7 +243,12 @@ def read_plan(plan: Mapping[str, Source], index: TensorIndex, dtype_for: DtypeFo
                 names = targets[src]
                 tensor = read_source(f, index[src.key], src, dtype_for(names[0]), device, stage,
                                      scales.get(src.scale_key))
-                out.update(dict.fromkeys(names, tensor))
+                if finish is None:
+                    out.update(dict.fromkeys(names, tensor))
+                else:
+                    for name in names:
+                        out.update(finish(name, tensor))
+                    del tensor  # dropped before the next is read: one tensor as read at a time
     return out
 
 
@@ -244,6 +272,8 @@ def read_source(f: BinaryIO, entry: TensorEntry, src: Source, dtype: torch.dtype
     before any conversion (a cast to fp8 e4m3fn turns inf into 448): a
     :class:`NonFiniteWeightsError` naming the file and key, not a black video.
     """
+    if entry.dtype in QUANT_TYPES:  # a GGUF block-quantized tensor not kept quantized (gguf_file)
+        return read_dequantized(f, entry, src, dtype, device)
     out = torch.empty(src.shape(entry.shape), dtype=dtype, device=device)
     stored = SAFETENSORS_DTYPES[entry.dtype]
     part = entry.nbytes // src.chunks  # dim-0 parts of a row-major tensor are byte ranges
@@ -345,21 +375,34 @@ def check_dtypes(dtype: torch.dtype, weight_dtype: torch.dtype | None) -> None:
     if dtype not in COMPUTE_DTYPES.values():
         raise ValueError(f"dtype={dtype} must be one of float32, bfloat16, float16 (the compute "
                          "dtype); fp8 storage is weight_dtype=torch.float8_e4m3fn")
-    if weight_dtype is not None and weight_dtype not in (*FP8_DTYPES.values(), dtype):
-        raise ValueError(f"weight_dtype={weight_dtype} must be None, {dtype} or an fp8 dtype "
-                         "(torch.float8_e4m3fn, torch.float8_e5m2)")
+    if weight_dtype is not None and weight_dtype not in (*FP8_DTYPES.values(), *INT8_DTYPES.values(), dtype):
+        raise ValueError(f"weight_dtype={weight_dtype} must be None, {dtype}, an fp8 dtype "
+                         "(torch.float8_e4m3fn, torch.float8_e5m2) or torch.int8")
 
 
 def load_module(model: nn.Module, plan: Mapping[str, Source], index: TensorIndex,
-                dtype_for: DtypeFor, device: torch.device | str, where: str) -> nn.Module:
-    """Check ``plan`` against ``model`` (built on meta), read it and assign it: strict."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items()}
-    plan = _fit_plan(plan, expected.keys())
-    _check_plan(expected, plan_shapes(plan, index_shapes(index), where), where)
-    state = read_plan(plan, index, dtype_for, device)
+                dtype_for: DtypeFor, device: torch.device | str, where: str,
+                finish: Int8Finish | None = None) -> nn.Module:
+    """Check ``plan`` against ``model`` (built on meta), read it and assign it: strict.
+    ``finish``: see :func:`read_plan`; the state keys it makes (``finish.derived``) are not
+    expected in the files."""
+    derived = finish.derived if finish is not None else frozenset()
+    expected = {k: tuple(v.shape) for k, v in model.state_dict(keep_vars=True).items() if k not in derived}
+    plan, _ = checked_plan(plan, expected, index, where)
+    state = read_plan(plan, index, dtype_for, device, finish)
     model.load_state_dict(state, strict=True, assign=True)
     _check_materialised(model)
     return model.eval().requires_grad_(False)
+
+
+def checked_plan(plan: Mapping[str, Source], expected: Mapping[str, tuple[int, ...]], index: TensorIndex,
+                 where: str) -> tuple[dict[str, Source], dict[str, tuple[int, ...]]]:
+    """``plan`` cut to the ``expected`` keys (dropping what the model recomputes) and the shapes
+    it gives, a ``WeightsError`` naming ``where`` unless they are exactly ``expected``."""
+    plan = _fit_plan(plan, expected.keys())
+    shapes = plan_shapes(plan, index_shapes(index), where)
+    _check_plan(expected, shapes, where)
+    return plan, shapes
 
 
 def _fit_plan(plan: Mapping[str, Source], wanted: Iterable[str]) -> dict[str, Source]:
@@ -406,7 +449,7 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     ``family`` is used only where the files cannot tell (a 1.0 transformer of no released width
     without ``config.json``: the 2B/5B split, as in tiny test models) and is a ``ValueError``
     where they say another (:func:`~cogvideox_core.families.detect_transformer_config`).
-    ``weight_dtype`` fp8: see the module doc.
+    ``weight_dtype`` fp8 or torch.int8: see the module doc.
     ``ops`` defaults to :data:`default_ops`, or when storage and compute differ to
     :class:`~cogvideox_core.ops.fp8_matmul_ops` (``fp8_compute``, float8_e4m3fn weights and a
     ``device`` with fp8 tensor cores: scaled fp8 matmuls) or :class:`cast_ops` (weights cast to
@@ -417,14 +460,22 @@ def load_transformer(path: str | Path, dtype: torch.dtype = torch.bfloat16,
     comp = find_component(path, "transformer")
     plan = component_plan(comp)
     name, cfg = detect_family(comp, family, plan)
-    dtype_for = storage_dtypes(dtype, weight_dtype, FP8_TRANSFORMER_KEYS)
+    dtype_for = storage_dtypes(dtype, None if weight_dtype == torch.int8 else weight_dtype, FP8_TRANSFORMER_KEYS)
     _warn_precision(get_family(name), dtype, comp)
     if ops is None:
         ops = transformer_ops(dtype, weight_dtype, device, fp8_compute)
     model = CogVideoXTransformer(cfg, ops=ops, dtype=dtype, device="meta",
                                  attention=attention or sdpa_attention)
-    load_module(model, plan, comp.index, dtype_for, device, comp.location)
-    logger.info("loaded %s transformer from %s (%s)", name, comp.location, _dtype_note(dtype, weight_dtype))
+    storage = plan_storage(model, plan, comp, dtype, weight_dtype, FP8_TRANSFORMER_KEYS, fp8_compute)
+    if storage is not None:  # int8, or a scaled fp8 file kept in fp8: quantized layers swapped in
+        plan, dtype_for = storage.plan, storage.dtype_for
+    index = comp.index
+    if has_quantized(index):  # GGUF: quantized block linears keep their blocks (loading.gguf_file)
+        index, dtype_for = keep_quantized(model, plan, index, dtype_for)
+    load_module(model, plan, index, dtype_for, device, comp.location,
+                storage.finish if storage is not None else None)
+    note = storage.note if storage is not None else _dtype_note(dtype, weight_dtype)
+    logger.info("loaded %s transformer from %s (%s)", name, comp.location, note)
     return model, dataclasses.replace(get_family(name), transformer=cfg)
 
 
@@ -477,7 +528,7 @@ def transformer_ops(dtype: torch.dtype, weight_dtype: torch.dtype | None, device
                     fp8_compute: bool = True) -> Ops:
     """The layer classes for a transformer computed in ``dtype`` with block weights stored as
     ``weight_dtype`` on ``device`` (see :func:`load_transformer`), the choice logged."""
-    if weight_dtype in (None, dtype):
+    if weight_dtype in (None, dtype, torch.int8):  # int8 layers are swapped in by loading.quantized
         return default_ops
     why_not = _no_fp8_matmul(dtype, weight_dtype, device) if fp8_compute else "turned off"
     if why_not is None:
@@ -517,4 +568,4 @@ __all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "pla
            "read_source", "all_finite", "storage_dtypes", "check_dtypes", "load_module",
            "load_transformer", "transformer_ops", "load_vae",
            "load_scheduler_config", "COMPUTE_DTYPES", "FP8_DTYPES",
-           "read_state_dict", "model_bytes", "FP8_TRANSFORMER_KEYS"]
+           "read_state_dict", "model_bytes", "FP8_TRANSFORMER_KEYS", "INT8_DTYPES"]

@@ -137,6 +137,15 @@ def wrap(model: nn.Module, role: str) -> Any:
     return c.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=offload_device)
 
 
+def patches_quantized_weights() -> bool:
+    """Whether the host's patcher applies LoRAs to quantized layers through their
+    ``convert_weight`` / ``set_weight`` hooks (ComfyUI's ``get_key_weight``, from late 2024;
+    without ComfyUI the pack's patching is the host's). Earlier ComfyUIs add the update to the
+    stored int8 codes: wrong weights."""
+    c = comfy()
+    return c is None or hasattr(c.model_patcher, "get_key_weight")
+
+
 def lora_patch(lora: Any) -> Any:
     """One core LoRA weight (``up``, ``down``, ``alpha``) as a patch ComfyUI's patcher applies:
     a ``LoRAAdapter`` where ComfyUI has weight adapters, the ``("lora", ...)`` tuple before

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 WEIGHT_EXTENSIONS = (".safetensors", ".sft")
+# Torch checkpoints (SAT's mp_rank_00_model_states.pt, 3d-vae.pt): listed for transformers and VAEs.
+CHECKPOINT_EXTENSIONS = (".pt", ".pth", ".ckpt")
+# GGUF files (ComfyUI-GGUF's quantized transformers, in diffusion_models/ or unet/): transformers only.
+GGUF_EXTENSIONS = (".gguf",)
 # Folders searched per kind of weights, in order. Keys are folder_paths names; "unet" and
 # "clip" are the pre-2025 names of diffusion_models and text_encoders. A diffusers tree found
 # under any of them is listed by its folder name.
@@ -122,9 +126,14 @@ def _scan(base: str, kind: str, family_folder: bool) -> list[str]:
             continue
         if not family_folder or (depth == 0 and kind == "transformer"):
             out += [os.path.join(rel, f).replace(os.sep, "/").removeprefix("./")
-                    for f in files if f.endswith(WEIGHT_EXTENSIONS)]
+                    for f in files if f.endswith(_file_extensions(kind))]
         dirs[:] = [d for d in dirs if not d.startswith(".")] if depth < 2 or not family_folder else []
     return out
+
+
+def _file_extensions(kind: str) -> tuple[str, ...]:
+    gguf = GGUF_EXTENSIONS if kind == "transformer" else ()
+    return WEIGHT_EXTENSIONS + CHECKPOINT_EXTENSIONS + gguf if kind in ("transformer", "vae") else WEIGHT_EXTENSIONS
 
 
 def list_models(kind: str) -> list[str]:
