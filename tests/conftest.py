@@ -1,4 +1,5 @@
-"""Fixtures shared by the host tests: the tiny models folder and one live ComfyUI per generation."""
+"""Fixtures shared by the tests: the tiny models folders, a tiny 5B diffusers tree, the loaders
+trap of the CLI refusal tests, and one live ComfyUI per generation."""
 from __future__ import annotations
 
 import json
@@ -25,6 +26,15 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def node_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A models folder of tiny models for the node tests that share one (written once)."""
     return write_models(tmp_path_factory.mktemp("node_models") / "models")
+
+
+@pytest.fixture(scope="session")
+def tiny_5b(tmp_path_factory: pytest.TempPathFactory):
+    """(root, Models) of a tiny random 5B saved as a diffusers tree (written once)."""
+    from pipeline_models import save_tree
+
+    root = tmp_path_factory.mktemp("tiny-5b")
+    return root, save_tree("5b", root)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ one within 1e-4. Prints ``OK step`` per step and ``HOST COMPILE OK`` at the end;
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -17,22 +16,11 @@ import torch
 
 COMFY_DIR, MODELS = Path(sys.argv[1]), Path(sys.argv[2])
 ROOT = Path(__file__).resolve().parents[1]
-sys.argv = [sys.argv[0], "--cpu"]  # comfy.* asserts on a missing GPU without it
-sys.path.insert(0, str(COMFY_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_boot import boot  # noqa: E402
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()
+pack = boot(COMFY_DIR, MODELS, ("CogVideo", "loras"))
 import comfy.model_management as mm  # noqa: E402
-import folder_paths  # noqa: E402
-
-for key in ("CogVideo", "loras"):
-    folder_paths.add_model_folder_path(key, str(MODELS / key))
-spec = importlib.util.spec_from_file_location("cogvideox_pack", ROOT / "__init__.py",
-                                              submodule_search_locations=[str(ROOT)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["cogvideox_pack"] = pack
-spec.loader.exec_module(pack)  # type: ignore[union-attr]
 from cogvideox_pack.cogvideox_core.models import compile as comp  # noqa: E402
 
 NODES = pack.NODE_CLASS_MAPPINGS

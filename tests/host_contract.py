@@ -11,7 +11,6 @@ ComfyUI APIs are feature-detected, as the pack does. Prints one ``OK step`` line
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -19,22 +18,11 @@ import torch
 
 COMFY_DIR, MODELS = Path(sys.argv[1]), Path(sys.argv[2])
 ROOT = Path(__file__).resolve().parents[1]
-sys.argv = [sys.argv[0], "--cpu"]  # comfy.* asserts on a missing GPU without it
-sys.path.insert(0, str(COMFY_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_boot import boot  # noqa: E402
 
-import comfy.options  # noqa: E402
-
-comfy.options.enable_args_parsing()  # as main.py does: read --cpu
+pack = boot(COMFY_DIR, MODELS, ("CogVideo", "vae", "text_encoders", "loras"))
 import comfy.model_management as mm  # noqa: E402
-import folder_paths  # noqa: E402
-
-for key in ("CogVideo", "vae", "text_encoders", "loras"):
-    folder_paths.add_model_folder_path(key, str(MODELS / key))
-spec = importlib.util.spec_from_file_location("cogvideox_pack", ROOT / "__init__.py",
-                                              submodule_search_locations=[str(ROOT)])
-pack = importlib.util.module_from_spec(spec)
-sys.modules["cogvideox_pack"] = pack
-spec.loader.exec_module(pack)  # type: ignore[union-attr]
 from cogvideox_pack.cogvideox_core.loading.lora import load_lora  # noqa: E402
 from cogvideox_pack.cogvideox_core.loading.text import encode_prompts  # noqa: E402
 

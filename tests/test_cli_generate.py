@@ -31,12 +31,6 @@ ARGS = ["--prompt", "a lighthouse at dusk", "--negative", "blurry", "--frames", 
 
 
 @pytest.fixture(scope="module")
-def tiny_5b(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("tiny-5b")
-    return root, save_tree("5b", root)
-
-
-@pytest.fixture(scope="module")
 def tiny_inp(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("tiny-fun-5b-inp")
     return root, save_tree("fun-5b-inp", root)

@@ -19,7 +19,6 @@ import torch
 from cli_util import refused as _refused
 from pipeline_models import save_tree
 
-from cogvideox_core.cli.main import main as cli_main
 from cogvideox_core.models.transformer import CogVideoXTransformer
 from cogvideox_core.video_io import write_mp4
 

@@ -22,7 +22,6 @@ import torch
 import diffusers  # noqa: F401  (pipeline_models builds the tiny trees with it)
 from comfyhosts import GENERATIONS, ensure_host
 from make_workflows import ROOT, load_pack
-from pipeline_models import save_tree
 from safetensors.torch import load_file
 from tiny_models import FRAMES, HEIGHT, WIDTH
 
@@ -224,12 +223,6 @@ def test_a_missing_compiler_or_triton_is_named(monkeypatch: pytest.MonkeyPatch) 
 
 ARGS = ["--prompt", "a lighthouse at dusk", "--negative", "blurry", "--frames", "9", "--height", "32",
         "--width", "48", "--steps", "3", "--seed", "11", "--device", "cpu", "--sampler", "ddim"]
-
-
-@pytest.fixture(scope="module")
-def tiny_5b(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("tiny-5b")
-    return root, save_tree("5b", root)
 
 
 def test_cli_compile_equals_the_eager_pipeline(tiny_5b, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
