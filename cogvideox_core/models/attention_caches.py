@@ -172,7 +172,8 @@ class FasterCache(StepCache):
         given = ([a + (a - a2) * s.attention_weight for a2, a in kept] if extrapolate
                  else [None] * len(blocks))
         video, text, used = _run_reusing(blocks, video, text, temb, rope, attention, given)
-        conds = [u.chunk(2)[1] if self._branch == "batch" else u for u in used]  # the cond half
+        # the cond half, copied: a view would keep the whole [uncond, cond] output alive
+        conds = [u.chunk(2)[1].clone() if self._branch == "batch" else u for u in used]
         st["attn"] = [(a, c) for (_, a), c in zip(kept or [(c, c) for c in conds], conds)]
         st["iteration"] = iteration + 1
         self._count(0 if extrapolate else len(blocks), len(blocks), not extrapolate)

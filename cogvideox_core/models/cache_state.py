@@ -70,7 +70,7 @@ class StepCache:
         self.history.append((self._branch, computed))
 
     def held_bytes(self) -> int:
-        """Bytes of the tensors the cache holds now (its extra memory)."""
+        """Bytes the cache's tensors keep alive now (its extra memory)."""
         return _tensor_bytes(self._states)
 
     def summary(self) -> str:
@@ -83,12 +83,14 @@ class StepCache:
 
 
 def _tensor_bytes(value: Any) -> int:
-    """Bytes of every distinct tensor in nested dicts, lists and tuples."""
+    """Bytes of the distinct storages of the tensors in nested dicts, lists and tuples: what they
+    keep alive (a view of a larger tensor counts the whole of it)."""
     seen: dict[int, int] = {}
 
     def walk(v: Any) -> None:
         if isinstance(v, torch.Tensor):
-            seen[id(v)] = v.numel() * v.element_size()
+            storage = v.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
         elif isinstance(v, dict):
             for item in v.values():
                 walk(item)
