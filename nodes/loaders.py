@@ -154,16 +154,25 @@ class CogVideoXLoraLoader:
         check_finite(self, strength=strength)
         if strength == 0.0:
             return (model,)
-        if gguf_layers(model.model):  # its quantized weights cannot take a merged update yet
-            raise ValueError(f"lora={lora!r}: the model {model.name!r} is a GGUF file, whose quantized block "
-                             "weights take no LoRA yet: use a .safetensors model with LoRAs")
         path = host.model_path("lora", lora, "lora")
-        shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
-        weights = load_lora(path, shapes)
-        _check_quantized_patching(model, lora, weights)
+        weights = load_lora(path, _weight_shapes(model.model))
+        at_compute = {f"{n}.weight" for n in gguf_layers(model.model)} & set(weights)
+        merged = {k: w for k, w in weights.items() if k not in at_compute}
+        _check_quantized_patching(model, lora, merged)
         patcher = model.patcher.clone()
-        patcher.add_patches({k: host.lora_patch(w) for k, w in weights.items()}, strength)
+        patcher.add_patches({k: host.lora_patch(w) for k, w in merged.items()}, strength)
+        for key in sorted(at_compute):  # GGUF blocks stay as they are: the update is added at compute
+            host.add_layer_lora(patcher, key[: -len(".weight")], strength, weights[key])
         return (dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{lora}:{strength:g}")),)
+
+
+def _weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
+    """The model's state-dict shapes, a GGUF layer's weight as its real [out, in] (stored: bytes)."""
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for name in gguf_layers(model):
+        layer = model.get_submodule(name)
+        shapes[f"{name}.weight"] = (layer.out_features, layer.in_features)
+    return shapes
 
 
 def _check_quantized_patching(model: ModelHandle, lora: str, keys: Any) -> None:

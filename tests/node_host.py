@@ -43,17 +43,23 @@ def lora_delta(patch: Any, weight: torch.Tensor) -> torch.Tensor:
 
 
 class MergingPatcher:
-    """``ModelPatcher``'s ``model``, devices, ``clone`` and ``add_patches``; :meth:`apply` merges
-    this patcher's patches into the weights (the originals kept aside and put back first)."""
+    """``ModelPatcher``'s ``model``, devices, ``clone``, ``add_patches`` and ``add_object_patch``;
+    :meth:`apply` merges this patcher's patches into the weights and sets its object patches
+    (the originals kept aside and put back first)."""
 
     def __init__(self, model: nn.Module, load_device: torch.device, offload_device: torch.device) -> None:
         self.model, self.load_device, self.offload_device = model, load_device, offload_device
         self.patches: dict[str, list[tuple[float, Any]]] = {}
+        self.object_patches: dict[str, Any] = {}
 
     def clone(self) -> "MergingPatcher":
         other = MergingPatcher(self.model, self.load_device, self.offload_device)
         other.patches = {k: list(v) for k, v in self.patches.items()}
+        other.object_patches = dict(self.object_patches)
         return other
+
+    def add_object_patch(self, name: str, obj: Any) -> None:
+        self.object_patches[name] = obj
 
     def add_patches(self, patches: Mapping[str, Any], strength: float = 1.0) -> list[str]:
         keys = set(self.model.state_dict().keys())
@@ -64,7 +70,7 @@ class MergingPatcher:
 
     def apply(self) -> None:
         """Move to the load device with this patcher's patches merged (and nothing else)."""
-        state = _MERGED.setdefault(self.model, {"backup": {}, "owner": None})
+        state = _MERGED.setdefault(self.model, {"backup": {}, "owner": None, "objects": {}})
         self.model.to(self.load_device)
         if state["owner"] is self:
             return
@@ -72,6 +78,7 @@ class MergingPatcher:
         for key, original in state["backup"].items():
             params[key].data = original.to(self.load_device)
         state["backup"] = {}
+        _set_objects(self.model, state, self.object_patches)
         for key, plist in self.patches.items():
             p = params[key]
             state["backup"][key] = p.data
@@ -81,6 +88,19 @@ class MergingPatcher:
                 merged = merged + strength * lora_delta(patch, merged)
             p.data = store(merged, return_weight=True) if store else merged.to(p.dtype)
         state["owner"] = self
+
+
+def _set_objects(model: nn.Module, state: dict, objects: Mapping[str, Any]) -> None:
+    """Put back the attributes the previous owner replaced, then set ``objects`` (dotted names)."""
+    for name, original in state["objects"].items():
+        owner, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(owner), attr, original)
+    state["objects"] = {}
+    for name, obj in objects.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        state["objects"][name] = getattr(module, attr)
+        setattr(module, attr, obj)
 
 
 def _hooks(model: nn.Module, key: str) -> tuple[Any, Any]:

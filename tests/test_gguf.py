@@ -409,8 +409,9 @@ def test_generate_from_a_gguf_transformer(tmp_path: Path) -> None:
 
 def test_layer_dequantizes_on_call_and_for_comfyui_patches(tmp_path: Path) -> None:
     """``forward`` equals ``F.linear`` with the reference-dequantized weight, in the input's
-    dtype; ``convert_weight`` (ComfyUI's patch hook, given the bytes cast to float32) gives
-    that weight; a re-quantization after a patch is refused by name."""
+    dtype; ``convert_weight`` (ComfyUI's patch hook, given the bytes cast to float32, or the
+    dequantized weight in a per-call patch) gives that weight; ``set_weight`` hands a per-call
+    patched weight back and refuses, by name, to merge one into the blocks."""
     g = torch.Generator().manual_seed(0)
     w, b = torch.randn(64, 256, generator=g), torch.randn(64, generator=g)
     raw = gguf.quants.quantize(w.numpy(), Q.Q8_0)
@@ -421,8 +422,11 @@ def test_layer_dequantizes_on_call_and_for_comfyui_patches(tmp_path: Path) -> No
     torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, real, b), rtol=1e-6, atol=1e-6)
     assert layer(x.to(torch.bfloat16)).dtype == torch.bfloat16
     assert torch.equal(layer.convert_weight(layer.weight.float()), real)
-    with pytest.raises(NotImplementedError, match="GGUFLinear: re-quantizing a patched weight"):
+    assert torch.equal(layer.convert_weight(real), real)
+    assert torch.equal(layer.set_weight(real + 1, return_weight=True), real + 1)
+    with pytest.raises(ValueError, match=r"GGUFLinear \(Q8_0\): a patch merged into GGUF quantized blocks"):
         layer.set_weight(real)
+    assert torch.equal(layer.weight, torch.from_numpy(raw))
 
 
 def test_quantized_tensors_outside_the_blocks_are_dequantized_at_load(tmp_path: Path) -> None:

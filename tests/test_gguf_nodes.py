@@ -42,11 +42,3 @@ def test_model_loader_loads_gguf() -> None:
     assert model.family.name == "1.5-5b" and fps == 16.0
     layers = [m for m in model.patcher.model.modules() if type(m).__name__ == "GGUFLinear"]
     assert layers and all(m.weight.dtype.itemsize == 1 for m in layers)
-
-
-def test_lora_on_a_gguf_model_is_refused_by_name(gguf_models: Path) -> None:
-    (gguf_models / "loras").mkdir()
-    (gguf_models / "loras" / "style.safetensors").write_bytes(b"")
-    model, _fps = node("CogVideoXModelLoader")("tiny-Q8_0.gguf", "fp32")
-    with pytest.raises(ValueError, match=r"lora='style.safetensors': the model 'tiny-Q8_0.gguf' is a GGUF file"):
-        node("CogVideoXLoraLoader")(model, "style.safetensors", 1.0)

@@ -8,11 +8,19 @@ and ComfyUI's memory manager move and count the quantized bytes (its low-VRAM mo
 to the GPU per call), each call dequantizes them on the input's device into the input's dtype
 (:func:`~cogvideox_core.gguf_quants.dequantize`) and drops the copy. Quantized tensors elsewhere
 (a learned position table, the embeddings and output layers) are dequantized once while reading
-(:func:`read_dequantized`); unquantized tensors load as ordinary weights. Not supported on the
-quantized layers: LoRA (merging an update would mean re-quantizing the blocks; the pack's LoRA
-node refuses GGUF models, :func:`gguf_layers`). ComfyUI's ``convert_weight`` hook gives the
-dequantized weight; its ``set_weight`` raises. The blocks' fp16 scales are not checked for
-NaN/inf at load (the dequantized-at-load tensors are).
+(:func:`read_dequantized`); unquantized tensors load as ordinary weights. The blocks' fp16
+scales are not checked for NaN/inf at load (the dequantized-at-load tensors are).
+
+LoRA (ComfyUI-GGUF's rule: an update is applied at compute, never written into the blocks): a
+layer's ``lora_terms`` ((strength, :class:`~cogvideox_core.loading.lora.LoraWeight`) pairs) add
+``strength * scale * (x @ down.T) @ up.T`` to its output, so a LoRA costs its rank-r factors
+and two small matmuls per call, whether the layer is fully loaded or cast per call in low-VRAM
+mode. The pack's LoRA node sets ``lora_terms`` as a ComfyUI *object patch*, which ComfyUI sets
+when loading the model and puts back on unpatch (the blocks are never touched). Merging through
+ComfyUI's ``convert_weight`` / ``set_weight`` hooks is refused for GGUF layers: ComfyUI's full
+load would hand ``set_weight`` the whole merged weight, which could only be kept dequantized (a
+dense copy of every patched layer: more memory than the file saved); the hooks do serve
+ComfyUI's per-call low-VRAM patches (``weight_function``), where the merged weight is transient.
 """
 from __future__ import annotations
 
@@ -29,6 +37,7 @@ from ..quant import QuantizedLinear, like, swap_linears
 from .files import TensorEntry, TensorIndex, read_into
 from .gguf_index import GGUFEntry
 from .keymaps import Source
+from .lora import LoraWeight
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,8 @@ BLOCK_WEIGHTS = re.compile(r"^transformer_blocks\.\d+\..+\.weight$")
 class GGUFLinear(QuantizedLinear):
     """A linear whose ``weight`` is the GGUF block bytes (uint8 [out, bytes per row]) of type
     ``qtype``; dequantized at each call on the input's device, to the input's dtype."""
+
+    lora_terms: tuple[tuple[float, LoraWeight], ...] = ()  # set per instance (the module docstring)
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
@@ -55,11 +66,30 @@ class GGUFLinear(QuantizedLinear):
         raw = self.weight.to(device=device, non_blocking=True)
         return dequantize(raw, self.qtype, (self.out_features, self.in_features), dtype)
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)  # [..., out]: the dequantized weight (and ComfyUI's per-call patches)
+        for strength, lora in self.lora_terms:
+            y = y + lora.output(x, strength)
+        return y
+
     def convert_weight(self, weight: torch.Tensor, inplace: bool = False, **kwargs: object) -> torch.Tensor:
-        """ComfyUI's patch hook: the stored bytes (cast to a float dtype by the caller) -> the
-        real weight [out, in], float32."""
+        """ComfyUI's patch hook -> the real weight [out, in], float32. Given the stored bytes
+        (cast to a float dtype by the caller: [out, bytes per row], never [out, in] for these
+        types) they are dequantized; given [out, in] (ComfyUI's low-VRAM per-call patch, handed
+        :meth:`stored_weight`, already dequantized) it is the weight."""
+        if tuple(weight.shape) == (self.out_features, self.in_features):
+            return weight.float()
         raw = weight.to(torch.uint8)  # byte values 0..255 survive the float cast exactly
         return dequantize(raw.contiguous(), self.qtype, (self.out_features, self.in_features))
+
+    def set_weight(self, weight: torch.Tensor, inplace_update: bool = False, seed: int | None = None,
+                   return_weight: bool = False, **kwargs: object) -> torch.Tensor | None:
+        """ComfyUI's patch hook: a per-call patched weight is returned as it is (GGUF's stored
+        units are the real weight); merging it into the blocks is refused (the module docstring)."""
+        if return_weight:
+            return weight
+        raise ValueError(f"GGUFLinear ({self.qtype}): a patch merged into GGUF quantized blocks is not "
+                         "supported: add LoRAs with the CogVideoX LoRA node, which applies them at compute")
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, qtype={self.qtype}"

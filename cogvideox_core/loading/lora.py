@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import WeightsError
 
@@ -56,6 +57,14 @@ class LoraWeight:
         up = self.up.to(device, torch.float32).flatten(1)
         down = self.down.to(device, torch.float32).flatten(1)
         return (up @ down) * self.scale
+
+    def output(self, x: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+        """The update's share of a linear's output, ``strength * scale * x @ (up @ down).T``
+        ([..., in] -> [..., out]) in ``x``'s dtype, without forming the [out, in] update: two
+        rank-r matmuls (a layer whose weight stays quantized adds this at compute)."""
+        down = self.down.to(x.device, x.dtype).flatten(1)  # [r, in]
+        up = self.up.to(x.device, x.dtype).flatten(1)  # [out, r]
+        return F.linear(F.linear(x, down), up) * (strength * self.scale)
 
 
 def _split(key: str) -> tuple[str, str] | None:

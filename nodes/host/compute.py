@@ -146,6 +146,16 @@ def patches_quantized_weights() -> bool:
     return c is None or hasattr(c.model_patcher, "get_key_weight")
 
 
+def add_layer_lora(patcher: Any, module: str, strength: float, lora: Any) -> None:
+    """A LoRA that layer ``module`` adds at compute (its ``lora_terms``: GGUF layers, whose
+    blocks take no merged update), as an object patch: ComfyUI's patcher (March 2024 on) sets
+    it on the layer when loading the model and puts the layer's own value back on unpatch; a
+    clone copies it. Chained LoRAs append to the patcher's own terms."""
+    name = f"{module}.lora_terms"
+    terms = patcher.object_patches.get(name, ())
+    patcher.add_object_patch(name, (*terms, (strength, lora)))
+
+
 def lora_patch(lora: Any) -> Any:
     """One core LoRA weight (``up``, ``down``, ``alpha``) as a patch ComfyUI's patcher applies:
     a ``LoRAAdapter`` where ComfyUI has weight adapters, the ``("lora", ...)`` tuple before
