@@ -3,8 +3,10 @@
 The 5B-width transformer of ``benchmarks/sampling.py`` (``build``: 48 heads x 64, inner 3072,
 T5 dim 4096, random N(0, 0.02) weights) with ``--layers`` blocks is saved once as a float32
 diffusers folder (and, when the pack's GGUF loader is in the tree, as Q8_0 and Q4_0 ``.gguf``
-files written with the ``gguf`` package's writer: the block matmul weights quantized, the rest
-F32). Each storage is then loaded in a fresh subprocess, computing in ``--dtype`` (default
+files written with the ``gguf`` package's writer, each tensor typed as city96's ComfyUI-GGUF
+tools type it (:func:`gguf_type`): 1-D and tiny tensors F32, every other one quantized where its
+rows fill whole blocks, so ``text_proj``, the time embedding, ``norm_out`` and ``proj_out`` are
+quantized in the file too and dequantized at load, as in the files users have). Each storage is then loaded in a fresh subprocess, computing in ``--dtype`` (default
 bfloat16; fp32 is the reference, computing in float32):
 
 - ``bf16``: everything in bfloat16;
@@ -21,12 +23,35 @@ model's output, the storage's own error: the same stored weights computed in flo
 rounding of activations dominates). Ratios to bf16 are measured in this run. The last line is
 
     RESULT int8_peak_over_bf16=... q4_peak_over_bf16=... q8_maxdiff=... int8_maxdiff=... int8_step_time_over_bf16=...
+           int8_weights_over_bf16=... q4_weights_over_bf16=... int8_weights_full=... q4_weights_full=...
 
-(``*_peak_over_bf16``: peak RSS while loading over bf16's; ``*_maxdiff``: max abs difference to
-fp32; ``nan`` where a storage is not available). Targets: int8 <= 0.55x and Q4_0 <= 0.35x of
-bf16's weight memory (the block matmul weights are ~96% of a 5B block's values).
+(one line; measured in this run at ``--layers``: ``*_peak_over_bf16``, peak RSS while loading
+over bf16's; ``*_maxdiff``, max abs difference to fp32; ``*_weights_over_bf16``, the bytes the
+model holds over bf16's; computed, not measured: ``*_weights_full``, the same ratio for the
+full-depth 42-layer 5B transformer from its shapes (:func:`full_size_ratios`); ``nan`` where a
+storage is not available). Targets: int8 <= 0.55x and Q4_0 <= 0.35x of bf16's weight memory.
+
+The weight ratios depend on depth: the tensors outside the blocks (``text_proj`` 3072x4096, the
+patch and time embeddings, ``norm_out``, ``proj_out``: ~18M values, kept in the compute dtype by
+every storage) are a large share of a 1-2 layer model and ~0.3% of the real one, so at
+``--quick`` the measured ratios are well above the full-depth ones; ``--layers 8`` comes within
+~0.01 of them. Before the RESULT line the script prints the full-depth table (int8, fp8, Q8_0,
+Q4_0 weight bytes over bf16's, for the 5B and 1.5-5B configs; no model built). Loading int8 also
+holds the one bf16 weight being read before it is quantized (the largest, a 3072x12288
+feed-forward weight: 72 MiB at full size against ~5.2 GiB of int8 weights), which is why the
+load peak ratio sits above the weight ratio, far more so at small depth. Measured at ``--layers
+8`` the int8 load peak exceeded its weights by 95 to 510 MiB from run to run: freed read buffers
+that glibc keeps (its dynamic mmap threshold rises to 32 MiB after large frees, so the 18 MiB
+attention weights come from the heap); with ``MALLOC_MMAP_THRESHOLD_=1048576`` the excess was
+73 MiB, the one tensor, in two runs.
+
+The GGUF rows' errors include the tensors outside the blocks that the file quantizes and int8 and
+fp8 keep in the compute dtype: ``proj_out`` (the output layer: each output carries ~step/sqrt(12)
+relative noise, Q8_0 ~0.5%, Q4_0 ~8% std), ``norm_out``, the time embedding, ``text_proj``. At 1
+layer, writing ``proj_out`` alone as F32 took Q4_0's ``rel`` from 0.135 to 0.096.
 
     .venv/bin/python benchmarks/weights_memory.py            # 2 layers, CPU
+    .venv/bin/python benchmarks/weights_memory.py --layers 8 # near full-depth ratios (~4 min, 2 cores, ~13 GB RAM)
     .venv/bin/python benchmarks/weights_memory.py --quick    # 1 layer, one repeat: the test's run
 """
 from __future__ import annotations
@@ -171,38 +196,91 @@ def write_model(args: argparse.Namespace, folder: Path):
     return {k: v.float() for k, v in ref.state_dict().items()}
 
 
-def full_size_ratios() -> dict[str, float]:
-    """Weight bytes over bf16's of the real 5B transformer (42 layers, from shapes on the meta
-    device): fp8 and int8 storage as the loaders apply them."""
-    from cogvideox_core.families import get_family
+FULL_FAMILIES = ("5b", "1.5-5b")
+# city96/ComfyUI-GGUF tools/convert.py: tensors of at most this many values stay F32.
+QUANTIZATION_THRESHOLD = 1024
+
+
+def gguf_type(shape: tuple[int, ...], qtype: str) -> str:
+    """The GGUF type ComfyUI-GGUF's tools give a tensor of a bf16 model at ``qtype``: 1-D and
+    tiny (<= 1024 values) ones F32 (``convert.py``), every other one ``qtype`` (its patched
+    ``llama-quantize`` quantizes every weight of 2 or more dims) where the last dim fills whole
+    blocks, else BF16, as ``convert.py`` writes a bf16 source (the 5B patch embed's 2x2 conv)."""
+    from cogvideox_core.gguf_quants import QUANT_TYPES
+
+    if len(shape) == 1 or math.prod(shape) <= QUANTIZATION_THRESHOLD:
+        return "F32"
+    return qtype.upper() if shape[-1] % QUANT_TYPES[qtype.upper()].block == 0 else "BF16"
+
+
+def _stored_bytes(shapes: dict[str, tuple[int, ...]], linears: set[str]) -> dict[str, int]:
+    """Bytes the loaders hold per storage for a transformer of these shapes: the quantized
+    weights as :data:`INT8_TRANSFORMER_KEYS` / ``FP8_TRANSFORMER_KEYS`` / ``gguf_file``'s
+    kept block linears pick them, everything else in bf16 (the compute dtype)."""
+    from cogvideox_core.gguf_quants import quantized_nbytes
+    from cogvideox_core.loading.gguf_file import BLOCK_WEIGHTS
     from cogvideox_core.loading.quantized import INT8_TRANSFORMER_KEYS
     from cogvideox_core.loading.weights import FP8_TRANSFORMER_KEYS
+
+    def nbytes(storage: str, key: str, shape: tuple[int, ...]) -> int:
+        n = math.prod(shape)
+        if storage == "fp8" and FP8_TRANSFORMER_KEYS.match(key):
+            return n
+        if storage == "int8" and INT8_TRANSFORMER_KEYS.match(key):
+            return n + 4 * shape[0]  # int8 codes + a float32 scale per output channel
+        if (storage in ("q8_0", "q4_0") and BLOCK_WEIGHTS.match(key) and key in linears
+                and gguf_type(shape, storage) == storage.upper()):
+            return quantized_nbytes(storage.upper(), shape)
+        return 2 * n
+
+    return {s: sum(nbytes(s, k, v) for k, v in shapes.items()) for s in ("bf16", "fp8", "int8", "q8_0", "q4_0")}
+
+
+def full_size_ratios(name: str = "5b") -> dict[str, float]:
+    """Weight bytes over bf16's of family ``name``'s full-depth transformer, from its shapes
+    (built on the meta device: no memory), and the largest weight read in bf16 before int8
+    quantizes it (``read_mib``: the load peak's excess over the int8 weights)."""
+    from torch import nn
+
+    from cogvideox_core.families import get_family
+    from cogvideox_core.loading.quantized import INT8_TRANSFORMER_KEYS
     from cogvideox_core.models.transformer import CogVideoXTransformer
 
-    cfg = get_family("5b").transformer
-    shapes = {k: v.shape for k, v in CogVideoXTransformer(cfg, device="meta").state_dict().items()}
-    total = sum(s.numel() for s in shapes.values())
-    fp8 = sum(s.numel() for k, s in shapes.items() if FP8_TRANSFORMER_KEYS.match(k))
-    int8 = [s for k, s in shapes.items() if INT8_TRANSFORMER_KEYS.match(k)]
-    int8_values, int8_rows = sum(s.numel() for s in int8), sum(s[0] for s in int8)
-    return {"layers": cfg.num_layers, "fp8": (2 * total - fp8) / (2 * total),
-            "int8": (2 * total - int8_values + 4 * int8_rows) / (2 * total)}
+    cfg = get_family(name).transformer
+    model = CogVideoXTransformer(cfg, device="meta")
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    linears = {f"{n}.weight" for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    stored = _stored_bytes(shapes, linears)
+    read = max(2 * math.prod(s) for k, s in shapes.items() if INT8_TRANSFORMER_KEYS.match(k))
+    return {"layers": cfg.num_layers, "bf16_gib": stored["bf16"] / 2**30, "read_mib": read / 2**20,
+            **{s: stored[s] / stored["bf16"] for s in ("int8", "fp8", "q8_0", "q4_0")}}
+
+
+def full_size_table(names: tuple[str, ...] = FULL_FAMILIES) -> list[str]:
+    """The full-depth weight-byte ratios of ``names`` (see :func:`full_size_ratios`)."""
+    header = (f"{'family':8} {'layers':>6} {'bf16 GiB':>8} {'int8':>6} {'fp8':>6} {'q8_0':>6} {'q4_0':>6} "
+              f"{'bf16 read while quantizing MiB':>30}")
+    lines = ["full depth, from shapes (no model built): weight bytes over bf16's", header]
+    for name in names:
+        r = full_size_ratios(name)
+        lines.append(f"{name:8} {int(r['layers']):6d} {r['bf16_gib']:8.2f} {r['int8']:6.3f} {r['fp8']:6.3f} "
+                     f"{r['q8_0']:6.3f} {r['q4_0']:6.3f} {r['read_mib']:30.1f}")
+    return lines
 
 
 def write_gguf(state, path: Path, qtype: str) -> str | None:
-    """``state`` as a GGUF file (block matmul weights in ``qtype``, the rest F32) if the pack
-    reads GGUF files, else the reason it is not available."""
+    """``state`` as a GGUF file, each tensor typed as ComfyUI-GGUF's tools type it
+    (:func:`gguf_type`), if the pack reads GGUF files, else the reason it is not available."""
     try:
         import gguf
 
         from cogvideox_core.loading.gguf_file import GGUFLinear  # noqa: F401  the pack's GGUF loader
-        from cogvideox_core.loading.weights import FP8_TRANSFORMER_KEYS
     except ImportError as e:
         return f"not available ({e})"
     writer = gguf.GGUFWriter(path=None, arch="cogvideox")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     for key, t in state.items():
-        kind = getattr(gguf.GGMLQuantizationType, qtype.upper() if FP8_TRANSFORMER_KEYS.match(key) else "F32")
+        kind = getattr(gguf.GGMLQuantizationType, gguf_type(tuple(t.shape), qtype))
         raw = gguf.quants.quantize(t.detach().float().numpy(), kind)
         writer.add_tensor(key, raw, raw_dtype=kind)
     writer.write_header_to_file(path=path)
@@ -253,7 +331,9 @@ def table(results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def result_line(results: dict[str, dict]) -> str:
+def result_line(results: dict[str, dict], full: dict[str, float]) -> str:
+    """The RESULT line: the issue's five keys, then the measured weight ratios
+    (``*_weights_over_bf16``) and the full-depth 5B ones from shapes (``*_weights_full``)."""
     bf16 = results["bf16"]
 
     def ratio(name: str, field: str) -> float:
@@ -265,7 +345,9 @@ def result_line(results: dict[str, dict]) -> str:
 
     return (f"RESULT int8_peak_over_bf16={ratio('int8', 'load_peak'):.3f} "
             f"q4_peak_over_bf16={ratio('q4_0', 'load_peak'):.3f} q8_maxdiff={diff('q8_0'):.3e} "
-            f"int8_maxdiff={diff('int8'):.3e} int8_step_time_over_bf16={ratio('int8', 'step_time'):.3f}")
+            f"int8_maxdiff={diff('int8'):.3e} int8_step_time_over_bf16={ratio('int8', 'step_time'):.3f} "
+            f"int8_weights_over_bf16={ratio('int8', 'weights'):.3f} q4_weights_over_bf16={ratio('q4_0', 'weights'):.3f} "
+            f"int8_weights_full={full['int8']:.3f} q4_weights_full={full['q4_0']:.3f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -289,10 +371,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
     print(f"5B-width transformer, {args.layers} layer(s), compute {args.dtype} (fp32: float32), "
           f"{args.device}, median of {args.repeats} step(s)")
     print("\n".join(table(results)))
-    full = full_size_ratios()
-    print(f"full 5B ({int(full['layers'])} layers, from shapes): weights over bf16: fp8 {full['fp8']:.3f}, "
-          f"int8 {full['int8']:.3f}")
-    print(result_line(results))
+    print("\n".join(full_size_table()))
+    full = full_size_ratios("5b")
+    print(f"full-depth 5B int8 load, by design: its weights plus the one bf16 weight being quantized, "
+          f"at most {full['read_mib']:.0f} MiB over {full['int8'] * full['bf16_gib']:.2f} GiB")
+    print(result_line(results, full))
     return results
 
 

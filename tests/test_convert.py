@@ -222,3 +222,125 @@ def test_full_tree_notes_what_is_not_converted(tmp_path: Path) -> None:
         assert json.loads((tmp_path / "out" / part / "config.json").read_text()) == \
             json.loads((tmp_path / "tree" / part / "config.json").read_text())
     assert "text_encoder: the T5 encoder is not converted" in result.summary()
+
+
+# ---- quantized sources: GGUF and ComfyUI scaled fp8, dequantized ---------------------------
+
+def dequantized_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state with each GGUF layer's weight as it computes with it (float32)."""
+    from cogvideox_core.loading.gguf_file import GGUFLinear
+
+    out = dict(model.state_dict())
+    for name, m in model.named_modules():
+        if isinstance(m, GGUFLinear):
+            out[f"{name}.weight"] = m.stored_weight(torch.float32, torch.device("cpu"))
+    return out
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_K"])
+def test_gguf_to_diffusers_is_what_the_loader_dequantizes(tmp_path: Path, qtype: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp32: the written tensors equal the loader's dequantized weights bit for bit (block
+    linears kept quantized and the quantized ``text_proj`` dequantized at load alike; convert
+    dequantizes 3 blocks at a time here, so tensors span many pieces and a partial last one),
+    and diffusers computes with them what our GGUF model computes."""
+    from test_gguf import block_type, ours_output, outputs, tiny, write_gguf
+
+    monkeypatch.setattr("cogvideox_core.loading.convert.DEQUANT_BLOCKS", 3)
+
+    ref = tiny(head_dim=128 if qtype.endswith("_K") else 16)
+    src = write_gguf(tmp_path / f"tiny-{qtype}.gguf", state(ref), block_type(qtype))
+    model, _ = load_transformer(src, dtype=torch.float32, family="2b")
+    want = dequantized_state(model)
+    convert(src, tmp_path / "out", dtype="fp32", family="2b")
+    got = read_file(tmp_path / "out" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert_equal_state(got, want)
+    back = CogVideoXTransformer3DModel.from_pretrained(tmp_path / "out" / "transformer").eval()
+    assert (outputs(back) - ours_output(model, ref)).abs().max().item() <= TOL
+
+
+def test_gguf_keep_writes_bf16_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Under "keep" the quantized tensors are written dequantized as bf16 (said in a warning),
+    the file's F32 tensors as stored; ``--to comfyui`` loads back as the same weights."""
+    from test_gguf import block_type, tiny, write_gguf
+
+    sd = state(tiny())
+    src = write_gguf(tmp_path / "tiny-Q8_0.gguf", sd, block_type("Q8_0"))
+    want = dequantized_state(load_transformer(src, dtype=torch.float32, family="2b")[0])
+    quantized = {k for k, t in sd.items() if block_type("Q8_0")(k, t) == "Q8_0"}
+    with caplog.at_level("WARNING", logger="cogvideox_core.loading.convert"):
+        convert(src, tmp_path / "comfy.safetensors", to="comfyui", family="2b")
+    assert f"{len(quantized)} quantized tensors (Q8_0) have no float dtype to keep: written dequantized " \
+           "as bfloat16" in caplog.text
+    got = read_file(tmp_path / "comfy.safetensors")
+    assert_equal_state(got, {comfyui_key(k): v.to(torch.bfloat16) if k in quantized else sd[k]
+                             for k, v in want.items()})
+    back, _ = load_transformer(tmp_path / "comfy.safetensors", dtype=torch.float32, family="2b")
+    assert_equal_state(back.state_dict(), {k: v.to(torch.bfloat16).float() if k in quantized else v
+                                           for k, v in want.items()})
+
+
+def test_scaled_fp8_to_diffusers_is_what_the_loader_dequantizes(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """ComfyUI scaled fp8: fp32 output bit for bit ``weight * scale_weight`` as the loader
+    dequantizes it (``scale_input`` and the marker dropped); "keep": those as bf16, warned."""
+    from test_scaled_fp8 import comfy_scaled_fp8
+
+    ref = random_transformer("5b", small_sample=False)
+    stored, expected = comfy_scaled_fp8(state(ref))
+    src = save(stored, tmp_path / "cogvideox5b_fp8_e4m3fn_scaled.safetensors")
+    loaded = load_transformer(src, dtype=torch.float32)[0].state_dict()
+    convert(src, tmp_path / "fp32", dtype="fp32")
+    got = read_file(tmp_path / "fp32" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert_equal_state(got, expected)
+    assert_equal_state(got, loaded)
+    with caplog.at_level("WARNING", logger="cogvideox_core.loading.convert"):
+        convert(src, tmp_path / "keep")
+    assert "quantized tensors (scaled fp8) have no float dtype to keep" in caplog.text
+    kept = read_file(tmp_path / "keep" / "transformer" / "diffusion_pytorch_model.safetensors")
+    scaled = {k for k in expected if comfyui_key(k)[: -len("weight")] + "scale_weight" in
+              {s.removeprefix("model.diffusion_model.") for s in stored}}
+    assert scaled and all(kept[k].dtype == torch.bfloat16 for k in scaled)
+    assert_equal_state(kept, {k: v.to(torch.bfloat16) if k in scaled else v for k, v in expected.items()})
+
+
+def test_peak_rss_while_converting_a_gguf(tmp_path: Path) -> None:
+    """The model of :func:`test_peak_rss_while_converting` as a Q8_0 GGUF (~70 MB) converted in a
+    fresh process: each tensor is dequantized a few thousand blocks at a time straight into its
+    bf16 output and written alone, so the peak over the RSS after imports is about the largest
+    tensor (3.2M values: 6.4 MB as bf16, 12.8 MB as float32), not the model (21 MiB seen)."""
+    from test_gguf import block_type, write_gguf
+
+    if not Path("/proc/self/status").is_file():
+        pytest.skip("peak RSS is read from /proc/self/status (Linux)")
+    torch.manual_seed(0)
+    big = CogVideoXTransformer3DModel(num_attention_heads=14, attention_head_dim=64, num_layers=4,
+                                      sample_height=8, sample_width=8, sample_frames=5)
+    src = write_gguf(tmp_path / "big-Q8_0.gguf", state(big), block_type("Q8_0"))
+    del big
+    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(src), str(tmp_path / "out"), str(50 * 10**6)],
+                         cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    delta = r["peak"] - r["base"]
+    print(f"RESULT convert (Q8_0 GGUF -> bf16) peak RSS +{delta / 2**20:.0f} MiB over {r['base'] / 2**20:.0f} MiB "
+          f"after imports, for {r['bytes'] / 2**20:.0f} MiB of weights written in {r['files']} shards of <= 50 MB")
+    assert r["bytes"] > 100 * 2**20 and r["files"] >= 2
+    assert delta < 40 * 2**20
+
+
+def test_gguf_non_finite_block_names_the_tensor(tmp_path: Path) -> None:
+    """A Q8_0 block whose scale is inf: the loaders' one-line error naming the file and key."""
+    import numpy as np
+    from test_gguf import block_type, tiny, write_gguf
+
+    from cogvideox_core.loading.gguf_index import read_gguf_index
+
+    src = write_gguf(tmp_path / "bad-Q8_0.gguf", state(tiny()), block_type("Q8_0"))
+    entry = read_gguf_index(src)["proj_out.weight"]
+    assert entry.dtype == "Q8_0"
+    with open(src, "r+b") as f:
+        f.seek(entry.offset)
+        f.write(np.float16(np.inf).tobytes())
+    with pytest.raises(NonFiniteWeightsError, match="proj_out.weight"):
+        convert(src, tmp_path / "out", family="2b")
+    assert not (tmp_path / "out").exists()

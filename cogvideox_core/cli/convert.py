@@ -1,9 +1,9 @@
 """``python -m cogvideox_core convert SRC DEST``: rewrite CogVideoX weights in another format.
 
 From any file or folder the pack loads (diffusers folders, single safetensors files in the
-diffusers, ComfyUI or SAT layouts, SAT ``.pt`` checkpoints): a diffusers folder (``--to
-diffusers``, the default: ``DEST/transformer/`` and/or ``DEST/vae/``) or one ComfyUI-layout
-transformer file (``--to comfyui``). The result line goes to stdout, as ``generate``'s does.
+diffusers, ComfyUI or SAT layouts, SAT ``.pt`` checkpoints, GGUF files and ComfyUI scaled fp8
+files, dequantized): a diffusers folder (``--to diffusers``, the default: ``DEST/transformer/``
+and/or ``DEST/vae/``) or one ComfyUI-layout transformer file (``--to comfyui``). The result line goes to stdout, as ``generate``'s does.
 """
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="diffusers: DEST/transformer and DEST/vae with config.json and sharded "
                         "safetensors; comfyui: one transformer file in ComfyUI's key layout")
     p.add_argument("--dtype", choices=list(DTYPES), default="keep",
-                   help="keep: every tensor as stored (bit for bit); else the floating tensors in this dtype")
+                   help="keep: every tensor as stored (bit for bit), quantized ones (GGUF, scaled fp8) "
+                        "dequantized as bf16; else the floating tensors in this dtype (fp32: the "
+                        "dequantized values exactly)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DEST (never an input)")
     p.add_argument("--shard-size", type=float, default=5.0, metavar="GB",
                    help="diffusers shards of at most this many GB (default 5, as diffusers writes)")

@@ -7,8 +7,14 @@ SAT's fused q/k/v and adaLN cut, ComfyUI names mapped, scaled fp8 dequantised) a
 against the model its shapes describe (built on the meta device) before anything is written;
 then each tensor is read, converted and written on its own (:mod:`~cogvideox_core.loading.writer`),
 so memory holds one tensor. With ``dtype="keep"`` every tensor is written as stored: the output
-equals the source bit for bit. The T5 text encoder and tokenizer are not converted (they are
-not CogVideoX-specific; copy them as they are).
+equals the source bit for bit. Quantized tensors (GGUF block types, ComfyUI scaled fp8 weights
+with their ``scale_weight``) have no float dtype to keep: they are dequantized as the loaders
+dequantize them (:func:`~cogvideox_core.loading.gguf_file.read_dequantized`, ``weight *
+scale_weight`` in float32) and written as ``dtype``, bf16 under "keep" (a warning says so;
+"fp32" writes the dequantized values exactly); the file's float tensors stay as stored. Each
+is read, dequantized (GGUF: a few thousand blocks at a time) and written alone: the peak is
+about one tensor. The T5 text encoder and tokenizer are not converted (they are not
+CogVideoX-specific; copy them as they are).
 """
 from __future__ import annotations
 
@@ -19,13 +25,15 @@ import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import torch
 
 from ..errors import WeightsError
 from ..families import VAEConfig, get_family
-from .files import SAFETENSORS_DTYPES, Component, TensorIndex, locate
+from ..gguf_quants import QUANT_TYPES, dequantize
+from .files import SAFETENSORS_DTYPES, Component, TensorEntry, TensorIndex, locate, read_into
+from .gguf_file import read_dequantized
 from .keymaps import Source
 from .weights import (STAGE_BYTES, checked_plan, component_plan, detect_family, read_plan,
                       read_source, vae_config)
@@ -36,6 +44,8 @@ logger = logging.getLogger(__name__)
 TARGETS = ("diffusers", "comfyui")
 DTYPES: dict[str, torch.dtype | None] = {"keep": None, "bf16": torch.bfloat16, "fp16": torch.float16,
                                          "fp32": torch.float32}
+QUANTIZED_DEFAULT = torch.bfloat16  # what "keep" writes dequantized tensors as
+DEQUANT_BLOCKS = 2**13  # GGUF blocks read and dequantized at a time (256K values of Q4_0/Q8_0)
 DIFFUSERS_VERSION = "0.32.0"  # the first diffusers with every CogVideoX family (1.5's ofs, patch_size_t)
 _CLASSES = {"transformer": "CogVideoXTransformer3DModel", "vae": "AutoencoderKLCogVideoX"}
 _SKIPPED = {"text_encoder": "the T5 encoder is not converted: copy text_encoder/ as it is",
@@ -209,19 +219,36 @@ def component_tensors(comp: Component, expected: Mapping[str, tuple[int, ...]], 
     """The planned tensors of ``comp`` as :class:`OutTensor` (read on demand), checked against
     ``expected`` shapes; keys the model recomputes (SAT's 2B sincos table) are left out."""
     plan, shapes = checked_plan(component_plan(comp), expected, comp.index, comp.location)
+    if dtype is None:
+        _note_dequantized(comp, plan)
     stage = torch.empty(STAGE_BYTES, dtype=torch.uint8)
     return [OutTensor(rename(k), _out_dtype(comp.index, src, dtype), shapes[k],
                       partial(_read_one, comp.index, src, _out_dtype(comp.index, src, dtype), stage))
             for k, src in sorted(plan.items())]
 
 
+def _quantized_kind(index: TensorIndex, src: Source) -> str | None:
+    """``"Q4_0"`` (a GGUF block type) or ``"scaled fp8"`` for a tensor stored quantized, else None."""
+    stored = index[src.key].dtype
+    return stored if stored in QUANT_TYPES else "scaled fp8" if src.scale_key else None
+
+
+def _note_dequantized(comp: Component, plan: Mapping[str, Source]) -> None:
+    """The warning for "keep" on quantized tensors: which, and what they are written as."""
+    kinds = [k for k in (_quantized_kind(comp.index, s) for s in plan.values()) if k]
+    if kinds:
+        logger.warning("%s: %d quantized tensors (%s) have no float dtype to keep: written dequantized "
+                       "as %s (--dtype fp32 writes the dequantized values exactly)", comp.location,
+                       len(kinds), ", ".join(sorted(set(kinds))), str(QUANTIZED_DEFAULT).removeprefix("torch."))
+
+
 def _out_dtype(index: TensorIndex, src: Source, wanted: torch.dtype | None) -> torch.dtype:
+    if _quantized_kind(index, src):  # dequantized while read
+        return wanted or QUANTIZED_DEFAULT
     stored = SAFETENSORS_DTYPES[index[src.key].dtype]
     if not stored.is_floating_point:
         return stored
-    if wanted is not None:
-        return wanted
-    return torch.bfloat16 if src.scale_key else stored  # scaled fp8: dequantised, kept as bf16
+    return wanted or stored
 
 
 def _read_one(index: TensorIndex, src: Source, dtype: torch.dtype, stage: torch.Tensor) -> torch.Tensor:
@@ -230,7 +257,28 @@ def _read_one(index: TensorIndex, src: Source, dtype: torch.dtype, stage: torch.
     if src.scale_key:
         scale = read_plan({"s": Source(src.scale_key)}, index, lambda k: torch.float32)["s"]
     with open(entry.file, "rb", buffering=0) as f:
+        if entry.dtype in QUANT_TYPES and src.chunks == 1:
+            return _read_gguf_blocks(f, entry, src, dtype)
         return read_source(f, entry, src, dtype, "cpu", stage, scale)
+
+
+def _read_gguf_blocks(f: BinaryIO, entry: TensorEntry, src: Source, dtype: torch.dtype) -> torch.Tensor:
+    """A GGUF block-quantized tensor dequantized :data:`DEQUANT_BLOCKS` blocks at a time into a
+    tensor of ``dtype``: the values :func:`~cogvideox_core.loading.gguf_file.read_dequantized`
+    gives (each block decodes alone, to float32, then cast), without its float32 copy of the
+    whole tensor. Non-finite values: that function's error."""
+    qt = QUANT_TYPES[entry.dtype]
+    out = torch.empty(entry.shape, dtype=dtype)
+    flat, raw = out.view(-1), torch.empty(DEQUANT_BLOCKS * qt.nbytes, dtype=torch.uint8)
+    for start in range(0, entry.nbytes, len(raw)):
+        n = min(len(raw), entry.nbytes - start)
+        read_into(f, entry.offset + start, memoryview(raw.numpy())[:n], entry.file)
+        values = dequantize(raw[:n], entry.dtype, (n // qt.nbytes * qt.block,))
+        if not torch.isfinite(values).all():
+            return read_dequantized(f, entry, src, dtype, "cpu")  # raises, naming file and key
+        first = start // qt.nbytes * qt.block
+        flat[first:first + values.numel()].copy_(values)
+    return out
 
 
 # ---- ComfyUI --------------------------------------------------------------------------------
