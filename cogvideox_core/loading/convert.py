@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,7 +33,7 @@ from ..families import VAEConfig, get_family
 from ..gguf_quants import QUANT_TYPES, dequantize
 from .files import SAFETENSORS_DTYPES, Component, TensorEntry, TensorIndex, locate, read_into
 from .gguf_file import read_dequantized
-from .keymaps import Source
+from .keymaps import Source, apply_rules, comfy_rules
 from .weights import (STAGE_BYTES, checked_plan, component_plan, detect_family, read_plan,
                       read_source, vae_config)
 from .writer import DEFAULT_SHARD_BYTES, OutTensor, atomic_output, write_json, write_safetensors, write_sharded
@@ -50,26 +49,12 @@ DIFFUSERS_VERSION = "0.32.0"  # the first diffusers with every CogVideoX family 
 _CLASSES = {"transformer": "CogVideoXTransformer3DModel", "vae": "AutoencoderKLCogVideoX"}
 _SKIPPED = {"text_encoder": "the T5 encoder is not converted: copy text_encoder/ as it is",
             "tokenizer": "copy tokenizer/ as it is"}
-# diffusers -> ComfyUI comfy/ldm/cogvideo/model.py names: the inverse of keymaps._COMFY_RULES.
-_TO_COMFY: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
-    (r"^time_embedding\.linear_([12])\.", r"time_embedding_linear_\1."),
-    (r"^ofs_embedding\.linear_([12])\.", r"ofs_embedding_linear_\1."),
-    (r"^transformer_blocks\.(\d+)\.attn1\.to_([qkv])\.", r"blocks.\1.\2."),
-    (r"^transformer_blocks\.(\d+)\.attn1\.(norm_[qk])\.", r"blocks.\1.\2."),
-    (r"^transformer_blocks\.(\d+)\.attn1\.to_out\.0\.", r"blocks.\1.attn_out."),
-    (r"^transformer_blocks\.(\d+)\.ff\.net\.0\.proj\.", r"blocks.\1.ff_proj."),
-    (r"^transformer_blocks\.(\d+)\.ff\.net\.2\.", r"blocks.\1.ff_out."),
-    (r"^transformer_blocks\.(\d+)\.(norm[12])\.", r"blocks.\1.\2."),
-))
+_TO_COMFY = comfy_rules(to_comfy=True)  # diffusers -> ComfyUI comfy/ldm/cogvideo/model.py names
 
 
 def comfyui_key(key: str) -> str:
     """A diffusers transformer key in ComfyUI's CogVideoX layout."""
-    for pattern, replacement in _TO_COMFY:
-        new, n = pattern.subn(replacement, key, count=1)
-        if n:
-            return new
-    return key
+    return apply_rules(_TO_COMFY, key)
 
 
 @dataclass(frozen=True)

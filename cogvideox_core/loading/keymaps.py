@@ -49,16 +49,35 @@ Plan = dict[str, Source]
 
 # ---- transformer ---------------------------------------------------------------------------
 
-_COMFY_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
-    (r"^time_embedding_linear_([12])\.", r"time_embedding.linear_\1."),
-    (r"^ofs_embedding_linear_([12])\.", r"ofs_embedding.linear_\1."),
-    (r"^blocks\.(\d+)\.([qkv])\.", r"transformer_blocks.\1.attn1.to_\2."),
-    (r"^blocks\.(\d+)\.(norm_[qk])\.", r"transformer_blocks.\1.attn1.\2."),
-    (r"^blocks\.(\d+)\.attn_out\.", r"transformer_blocks.\1.attn1.to_out.0."),
-    (r"^blocks\.(\d+)\.ff_proj\.", r"transformer_blocks.\1.ff.net.0.proj."),
-    (r"^blocks\.(\d+)\.ff_out\.", r"transformer_blocks.\1.ff.net.2."),
-    (r"^blocks\.(\d+)\.(norm[12])\.", r"transformer_blocks.\1.\2."),
-))
+# ComfyUI's comfy/ldm/cogvideo/model.py names and diffusers', one table for both directions: a
+# {placeholder} stands for the same piece on both sides (_PIECES: what it matches).
+_COMFY_NAMES: tuple[tuple[str, str], ...] = (
+    ("time_embedding_linear_{n}.", "time_embedding.linear_{n}."),
+    ("ofs_embedding_linear_{n}.", "ofs_embedding.linear_{n}."),
+    ("blocks.{b}.{qkv}.", "transformer_blocks.{b}.attn1.to_{qkv}."),
+    ("blocks.{b}.{norm_qk}.", "transformer_blocks.{b}.attn1.{norm_qk}."),
+    ("blocks.{b}.attn_out.", "transformer_blocks.{b}.attn1.to_out.0."),
+    ("blocks.{b}.ff_proj.", "transformer_blocks.{b}.ff.net.0.proj."),
+    ("blocks.{b}.ff_out.", "transformer_blocks.{b}.ff.net.2."),
+    ("blocks.{b}.{norm}.", "transformer_blocks.{b}.{norm}."),
+)
+_PIECES = {"n": "[12]", "b": r"\d+", "qkv": "[qkv]", "norm_qk": "norm_[qk]", "norm": "norm[12]"}
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _name_rule(src: str, dst: str) -> tuple[re.Pattern[str], str]:
+    """``src`` -> ``dst`` as an anchored regex and its replacement (placeholders carried over)."""
+    parts = _PLACEHOLDER.split(src)  # literal, name, literal, name, ...
+    pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_PIECES[p]})" for i, p in enumerate(parts))
+    return re.compile("^" + pattern), _PLACEHOLDER.sub(r"\\g<\1>", dst)
+
+
+def comfy_rules(to_comfy: bool = False) -> tuple[tuple[re.Pattern[str], str], ...]:
+    """The rules renaming ComfyUI CogVideoX keys to diffusers' (or, ``to_comfy``, back)."""
+    return tuple(_name_rule(d, c) if to_comfy else _name_rule(c, d) for c, d in _COMFY_NAMES)
+
+
+_COMFY_RULES = comfy_rules()
 
 _SAT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(a), b) for a, b in (
     (r"^transformer\.layers\.(\d+)\.attention\.dense\.", r"transformer_blocks.\1.attn1.to_out.0."),
@@ -115,11 +134,12 @@ def transformer_plan(keys: Iterable[str], found: Found) -> tuple[Plan, list[str]
     if found.layout == "diffusers":
         return _renamed(keys, found.prefix, lambda k: k), []
     if found.layout == "comfyui":
-        return _renamed(keys, found.prefix, lambda k: _apply(_COMFY_RULES, k)), []
+        return _renamed(keys, found.prefix, lambda k: apply_rules(_COMFY_RULES, k)), []
     return _sat_plan(keys, found.prefix)
 
 
-def _apply(rules: Sequence[tuple[re.Pattern[str], str]], key: str) -> str:
+def apply_rules(rules: Sequence[tuple[re.Pattern[str], str]], key: str) -> str:
+    """``key`` renamed by the first of ``rules`` that matches (unchanged if none does)."""
     for pattern, replacement in rules:
         new, n = pattern.subn(replacement, key, count=1)
         if n:
@@ -149,7 +169,7 @@ def _sat_plan(keys: Iterable[str], prefix: str) -> tuple[Plan, list[str]]:
             plan[f"transformer_blocks.{block}.norm1.linear.{kind}"] = Source(key, 12, _SAT_NORM1)
             plan[f"transformer_blocks.{block}.norm2.linear.{kind}"] = Source(key, 12, _SAT_NORM2)
         else:
-            plan[_apply(_SAT_RULES, short)] = Source(key)
+            plan[apply_rules(_SAT_RULES, short)] = Source(key)
     return plan, dropped
 
 
