@@ -143,24 +143,40 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
     return out.reshape(*lead, weight.shape[0])
 
 
-def _fp8_matmul_fits(layer: nn.Linear, x: torch.Tensor) -> bool:
+FP8_COMPUTE_DTYPES = (torch.bfloat16, torch.float16)  # the inputs fp8 matmuls take
+
+
+def fp8_matmul_blocker(weight_dtype: torch.dtype, dtype: torch.dtype, device: torch.device | str) -> str | None:
+    """Why fp8 matmuls cannot run for ``weight_dtype`` weights computed in ``dtype`` on
+    ``device``, or None when they can."""
+    if weight_dtype != torch.float8_e4m3fn:
+        return f"need float8_e4m3fn weights, not {weight_dtype}"
+    if dtype not in FP8_COMPUTE_DTYPES:
+        return f"need bfloat16 or float16 compute, not {dtype}"
+    if not supports_fp8_compute(device):
+        return f"{device} has none (an NVIDIA GPU of compute capability 8.9+ has)"
+    return None
+
+
+def fp8_matmul_fits(layer: nn.Linear, x: torch.Tensor) -> bool:
     """Whether this call can take the fp8 path: e4m3fn weight, half input, dims the kernel
-    takes (multiples of 16), a device with fp8 tensor cores."""
-    return (layer.weight.dtype == torch.float8_e4m3fn and x.dtype in (torch.bfloat16, torch.float16)
+    takes (multiples of 16), a device with fp8 tensor cores (:func:`fp8_matmul_blocker`'s
+    rules, without building its reason on every call)."""
+    return (layer.weight.dtype == torch.float8_e4m3fn and x.dtype in FP8_COMPUTE_DTYPES
             and layer.in_features % 16 == 0 and layer.out_features % 16 == 0
             and supports_fp8_compute(x.device))
 
 
 class fp8_matmul_ops(cast_ops):  # noqa: N801
     """:class:`cast_ops` whose ``Linear`` runs :func:`fp8_linear` where it can
-    (:func:`_fp8_matmul_fits`: float8_e4m3fn weights on a GPU of capability 8.9+), and casts
+    (:func:`fp8_matmul_fits`: float8_e4m3fn weights on a GPU of capability 8.9+), and casts
     the weight to the input dtype as :class:`cast_ops` does everywhere else (CPU, older GPUs,
     e5m2 or bf16 weights). The input is quantised to fp8 too: close to, not equal to, the cast
     path (see :func:`quantize_fp8`)."""
 
     class Linear(cast_ops.Linear):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if _fp8_matmul_fits(self, x):
+            if fp8_matmul_fits(self, x):
                 return fp8_linear(x, self.weight, self.bias)
             return super().forward(x)
 

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import fp8_linear, supports_fp8_compute
+from .ops import fp8_linear, fp8_matmul_fits
 
 INT8_MAX = 127  # symmetric: codes in -127..127 (-128 unused, so negation is exact)
 CHUNK_VALUES = 2**20  # quantize_int8 converts this many values at a time to float32
@@ -216,10 +216,7 @@ class ScaledFP8Linear(QuantizedLinear):
 
     def _fp8_matmul(self, x: torch.Tensor) -> bool:
         return (self.fp8_compute and not _functions(self.weight_function) and not _functions(self.bias_function)
-                and self.weight.dtype == torch.float8_e4m3fn and self.weight.device == x.device
-                and x.dtype in (torch.bfloat16, torch.float16)
-                and self.in_features % 16 == 0 and self.out_features % 16 == 0
-                and supports_fp8_compute(x.device))
+                and self.weight.device == x.device and fp8_matmul_fits(self, x))
 
 
 def swap_linears(model: nn.Module, weight_keys: re.Pattern[str],

@@ -158,7 +158,7 @@ def test_transformer_ops_picks_fp8_matmuls_only_where_they_run(monkeypatch: pyte
         assert weights.transformer_ops(bf16, None, "cpu") is default_ops
         assert weights.transformer_ops(bf16, E4M3, "cpu") is cast_ops
         assert "has none (an NVIDIA GPU of compute capability 8.9+ has)" in caplog.text
-        monkeypatch.setattr(weights, "supports_fp8_compute", lambda device: True)
+        monkeypatch.setattr(ops, "supports_fp8_compute", lambda device: True)
         assert weights.transformer_ops(bf16, E4M3, "cuda") is fp8_matmul_ops
         assert "scaled fp8 matmuls on cuda" in caplog.text
         assert weights.transformer_ops(bf16, E4M3, "cuda", fp8_compute=False) is cast_ops
@@ -174,7 +174,6 @@ def test_a_loaded_model_runs_fp8_matmuls(tmp_path: Path, monkeypatch: pytest.Mon
 
     random_transformer("5b").save_pretrained(tmp_path / "t")
     cast, _ = weights.load_transformer(tmp_path / "t", torch.bfloat16, weight_dtype=E4M3, fp8_compute=False)
-    monkeypatch.setattr(weights, "supports_fp8_compute", lambda device: True)
     monkeypatch.setattr(ops, "supports_fp8_compute", lambda device: True)
     calls = []
     real = torch._scaled_mm

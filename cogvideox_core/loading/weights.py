@@ -32,15 +32,15 @@ from ..errors import NonFiniteWeightsError, WeightsError
 from ..families import (Family, NotCogVideoXError, TransformerConfig, VAEConfig,
                        detect_transformer_config, get_family)
 from .keymaps import Plan, Source, split_scales, t5_plan, transformer_plan, vae_plan
-from ..ops import AttentionFn, Ops, cast_ops, default_ops, fp8_matmul_ops, sdpa_attention, supports_fp8_compute
+from ..ops import AttentionFn, Ops, cast_ops, default_ops, fp8_matmul_blocker, fp8_matmul_ops, sdpa_attention
 from .files import (COMPONENTS, SAFETENSORS_DTYPES, Component, TensorEntry, TensorIndex, describe_keys,
                     find_scheduler_file, index_files, index_shapes, is_model_root, locate, read_index, read_into, weight_files)
 from ..sampling.schedules import SchedulerConfig
 from .quantized import Int8Finish, plan_storage
+from .quantized import describe as describe_quantization
 from .gguf_file import has_quantized, keep_quantized, read_dequantized
 from .gguf_index import describe_gguf
 from ..gguf_quants import QUANT_TYPES
-from .quantized import describe as describe_quantization
 
 if TYPE_CHECKING:
     from ..models.transformer import CogVideoXTransformer
@@ -530,23 +530,12 @@ def transformer_ops(dtype: torch.dtype, weight_dtype: torch.dtype | None, device
     ``weight_dtype`` on ``device`` (see :func:`load_transformer`), the choice logged."""
     if weight_dtype in (None, dtype, torch.int8):  # int8 layers are swapped in by loading.quantized
         return default_ops
-    why_not = _no_fp8_matmul(dtype, weight_dtype, device) if fp8_compute else "turned off"
+    why_not = fp8_matmul_blocker(weight_dtype, dtype, device) if fp8_compute else "turned off"
     if why_not is None:
         logger.info("%s block weights: scaled fp8 matmuls on %s", weight_dtype, device)
         return fp8_matmul_ops
     logger.info("%s block weights: cast to %s at each matmul (fp8 matmuls: %s)", weight_dtype, dtype, why_not)
     return cast_ops
-
-
-def _no_fp8_matmul(dtype: torch.dtype, weight_dtype: torch.dtype, device: torch.device | str) -> str | None:
-    """Why fp8 matmuls cannot run for these dtypes on ``device``, or None."""
-    if weight_dtype != torch.float8_e4m3fn:
-        return f"need float8_e4m3fn weights, not {weight_dtype}"
-    if dtype not in (torch.bfloat16, torch.float16):
-        return f"need bfloat16 or float16 compute, not {dtype}"
-    if not supports_fp8_compute(device):
-        return f"{device} has none (an NVIDIA GPU of compute capability 8.9+ has)"
-    return None
 
 
 def _dtype_note(dtype: torch.dtype, weight_dtype: torch.dtype | None) -> str:

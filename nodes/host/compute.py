@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ...cogvideox_core.errors import Interrupted
-from ...cogvideox_core.ops import cast_ops, default_ops, fp8_matmul_ops, sdpa_attention
+from ...cogvideox_core.ops import FP8_COMPUTE_DTYPES, cast_ops, default_ops, fp8_matmul_ops, sdpa_attention
 from ...cogvideox_core.runtime import TorchRuntime
 from . import previews
 
@@ -77,7 +77,7 @@ def layer_ops(cast: bool, weight_dtype: torch.dtype | None = None,
     ComfyUI does for its own fp8 models (its ``fp8_ops``; the core's ``fp8_matmul_ops`` without
     ComfyUI); both cast, as before, where it cannot."""
     c = comfy()
-    fp8 = cast and weight_dtype == torch.float8_e4m3fn and compute_dtype in (torch.bfloat16, torch.float16)
+    fp8 = cast and weight_dtype == torch.float8_e4m3fn and compute_dtype in FP8_COMPUTE_DTYPES
     if c is None:
         return fp8_matmul_ops if fp8 else cast_ops if cast else default_ops
     fast = _comfy_fp8_ops(c, compute_dtype) if fp8 else None
