@@ -17,11 +17,11 @@ from safetensors.torch import load_file
 
 from make_workflows import load_pack
 from test_gguf import Q, block_type, write_gguf
-from tiny_models import FRAMES, HEIGHT, WIDTH, write_models
+from tiny_models import write_models
 
 PACK = load_pack()
 import node_host  # noqa: E402
-from node_host import node  # noqa: E402
+from node_host import sample_tiny as _sample, node  # noqa: E402
 from cogvideox_pack.cogvideox_core.loading.gguf_file import GGUFLinear, gguf_layers  # noqa: E402
 from cogvideox_pack.cogvideox_core.loading.lora import LoraWeight  # noqa: E402
 from cogvideox_pack.nodes import host  # noqa: E402
@@ -42,11 +42,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stand_in(models_dir: Path) -> Iterator[None]:
     with node_host.stand_in(host, models_dir):
         yield
-
-
-def _sample(model, cond) -> torch.Tensor:
-    latent = node("CogVideoXEmptyLatent")(WIDTH, HEIGHT, FRAMES, 1)[0]
-    return node("CogVideoXSampler")(model, cond, latent, 1, 2, 6.0, "auto", 1.0, None)[0]["samples"]
 
 
 def _with_loras(model, chain: list[tuple[str, float]]):

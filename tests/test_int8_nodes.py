@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from make_workflows import load_pack
-from tiny_models import FRAMES, HEIGHT, WIDTH, write_models
+from tiny_models import write_models
 
 PACK = load_pack()
 import node_host  # noqa: E402
-from node_host import lora_delta, node  # noqa: E402
+from node_host import sample_tiny as _sample, lora_delta, node  # noqa: E402
 from cogvideox_pack.cogvideox_core.quant import INT8_MAX, Int8Linear  # noqa: E402
 from cogvideox_pack.nodes import host  # noqa: E402
 
@@ -35,11 +35,6 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stand_in(models_dir: Path) -> Iterator[None]:
     with node_host.stand_in(host, models_dir):
         yield
-
-
-def _sample(model, cond) -> torch.Tensor:
-    latent = node("CogVideoXEmptyLatent")(WIDTH, HEIGHT, FRAMES, 1)[0]
-    return node("CogVideoXSampler")(model, cond, latent, 1, 2, 6.0, "auto", 1.0, None)[0]["samples"]
 
 
 def test_model_loader_int8_samples_close_to_fp32() -> None:
