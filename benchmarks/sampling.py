@@ -112,13 +112,20 @@ def reference_pipeline(family, ref: CogVideoXTransformer3DModel, sampler: str) -
     return pipe
 
 
-def main(argv: list[str] | None = None) -> float:
-    args = parse_args(argv)
+def setup(args: argparse.Namespace):
+    """What a run of ``args`` compares: (family, diffusers' transformer, ours with the same
+    weights, cond and uncond prompt embeddings, diffusers' pipeline around its transformer),
+    after ``--threads``."""
     if args.threads:
         torch.set_num_threads(args.threads)
     family, ref, ours = build(args)
     cond, uncond = embeds(family, args)
-    pipe = reference_pipeline(family, ref, args.sampler)
+    return family, ref, ours, cond, uncond, reference_pipeline(family, ref, args.sampler)
+
+
+def main(argv: list[str] | None = None) -> float:
+    args = parse_args(argv)
+    family, ref, ours, cond, uncond, pipe = setup(args)
     models = Models(ours, family, scheduler=SchedulerConfig(snr_shift_scale=family.snr_shift_scale))
     request = GenerateRequest(prompt_embeds=cond, negative_embeds=uncond, frames=args.frames, height=args.height,
                               width=args.width, steps=args.steps, cfg=6.0, sampler=args.sampler, seed=0)

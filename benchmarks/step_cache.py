@@ -74,7 +74,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig,  # noqa: E402
                              PyramidAttentionBroadcastConfig)
 
-from benchmarks.sampling import SCHEDULERS, build, embeds, reference_pipeline, report_setup, timed  # noqa: E402
+from benchmarks.sampling import SCHEDULERS, report_setup, setup, timed  # noqa: E402
 from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
 from cogvideox_core.models.step_cache import CacheOptions  # noqa: E402
 from cogvideox_core.runtime import TorchRuntime  # noqa: E402
@@ -207,11 +207,7 @@ def _compiled(transformer) -> tuple[object | None, str]:
 
 def main(argv: list[str] | None = None) -> str:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    family, ref, ours = build(args)
-    cond, uncond = embeds(family, args)
-    pipe = reference_pipeline(family, ref, args.sampler)
+    family, ref, ours, cond, uncond, pipe = setup(args)
     counter = _AttentionCounter(ref)
     scheduler = SchedulerConfig(snr_shift_scale=family.snr_shift_scale)
     runtime = TorchRuntime(device=args.device, show_progress=False)

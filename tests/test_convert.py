@@ -163,6 +163,14 @@ RSS_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _converted_in_a_process(src: Path, out: Path) -> dict:
+    """``convert`` of ``src`` into ``out`` (50 MB shards) in a fresh process: its RSS_SCRIPT report
+    (peak and base RSS, bytes and files written)."""
+    done = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(src), str(out), str(50 * 10**6)], cwd=ROOT,
+                          capture_output=True, text=True, check=True, timeout=600)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def test_peak_rss_while_converting(tmp_path: Path) -> None:
     """A ~250 MB fp32 SAT checkpoint converted to 50 MB shards in a fresh process: the peak RSS
     over the RSS after imports is about one tensor (the largest is 12.8 MB), not a shard."""
@@ -175,10 +183,7 @@ def test_peak_rss_while_converting(tmp_path: Path) -> None:
     del big
     torch.save({"module": sd}, tmp_path / "mp_rank_00_model_states.pt")
     del sd
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(tmp_path / "mp_rank_00_model_states.pt"),
-                          str(tmp_path / "out"), str(50 * 10**6)], cwd=ROOT, capture_output=True, text=True,
-                         check=True, timeout=600)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _converted_in_a_process(tmp_path / "mp_rank_00_model_states.pt", tmp_path / "out")
     delta = r["peak"] - r["base"]
     print(f"RESULT convert peak RSS +{delta / 2**20:.0f} MiB over {r['base'] / 2**20:.0f} MiB after imports, "
           f"for {r['bytes'] / 2**20:.0f} MiB of weights in {r['files']} shards of <= 50 MB")
@@ -318,9 +323,7 @@ def test_peak_rss_while_converting_a_gguf(tmp_path: Path) -> None:
                                       sample_height=8, sample_width=8, sample_frames=5)
     src = write_gguf(tmp_path / "big-Q8_0.gguf", state(big), block_type("Q8_0"))
     del big
-    out = subprocess.run([sys.executable, "-c", RSS_SCRIPT, str(src), str(tmp_path / "out"), str(50 * 10**6)],
-                         cwd=ROOT, capture_output=True, text=True, check=True, timeout=600)
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = _converted_in_a_process(src, tmp_path / "out")
     delta = r["peak"] - r["base"]
     print(f"RESULT convert (Q8_0 GGUF -> bf16) peak RSS +{delta / 2**20:.0f} MiB over {r['base'] / 2**20:.0f} MiB "
           f"after imports, for {r['bytes'] / 2**20:.0f} MiB of weights written in {r['files']} shards of <= 50 MB")
