@@ -50,8 +50,8 @@ at 9 x 32 x 48, 2 steps (3 for caches), a fake 1 TFLOP/s peak and no VRAM number
 script and the parity, its times mean nothing.
 
 On a lent H100/H200: the device machine has torch (2.11, CUDA) but neither diffusers nor
-sageattention; they travel as wheels in ``.whl/`` (git-ignored; see
-``/work/.library/device/README.md``). ``importlib_metadata`` is not needed on Python 3.12::
+sageattention; they travel as wheels in ``.whl/`` (git-ignored; see the device tool's README in
+the tool library). ``importlib_metadata`` is not needed on Python 3.12::
 
     .venv/bin/python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux2014_x86_64 -d .whl diffusers==0.42.1 sageattention==1.0.6
