@@ -16,6 +16,10 @@ class Interrupted(CogVideoXError):
     """The run was interrupted by the user (through the runtime's interrupt check)."""
 
 
+class InterruptedKeeping(Interrupted):
+    """Interrupted after some outputs were written; the message names what was kept."""
+
+
 class NonFiniteError(CogVideoXError):
     """A computed result (sampled latents, decoded frames) holds NaN or inf; nothing is
     written. The message says where it appeared and what usually causes it."""

@@ -282,6 +282,31 @@ def estimate_sampling(family: Family, plan: Plan, dtype: torch.dtype, *, cfg_bat
     return MemoryEstimate({**held, **phases[peak]}, peak, others)
 
 
+def for_rows(estimate: MemoryEstimate, rows: int) -> MemoryEstimate:
+    """``estimate`` (of one video) for ``rows`` videos sampled together and decoded one by one:
+    the sampling phase's parts count ``rows`` times (held weights once), the other phases once."""
+    if rows == 1:
+        return estimate
+    if estimate.phase == "sampling":
+        parts = {name: n if name == "weights" else n * rows for name, n in estimate.parts.items()}
+        return MemoryEstimate(parts, "sampling", estimate.other_phases)
+    sampling = estimate.other_phases.get("sampling", 0) * rows
+    if sampling <= estimate.total():
+        return estimate
+    others = {**{k: v for k, v in estimate.other_phases.items() if k != "sampling"},
+              estimate.phase: estimate.total()}
+    return MemoryEstimate({f"sampling ({rows} videos)": sampling}, "sampling", others)
+
+
+def rows_that_fit(estimate: MemoryEstimate, available: int, limit: int) -> int:
+    """How many videos (1..``limit``) of one-video ``estimate`` can be sampled together in
+    ``available`` bytes (1 when not even one fits: the one-video check then says why)."""
+    rows = limit
+    while rows > 1 and for_rows(estimate, rows).total() > available:
+        rows -= 1
+    return rows
+
+
 # ---- refusing, and what would fit ---------------------------------------------------------------
 
 def check_fits(estimate: MemoryEstimate, available: int, *, where: str, suggestions: list[str]) -> None:
@@ -487,4 +512,4 @@ def beyond_trained_length(family: Family, frames: int, windowed: bool) -> str | 
 
 
 __all__ = ["MemoryEstimate", "NotEnoughMemory", "beyond_trained_length", "check_fits", "estimate_sampling",
-           "format_bytes", "module_bytes", "replan_frames", "replan_size", "require_fit", "suggestions"]
+           "for_rows", "format_bytes", "module_bytes", "replan_frames", "replan_size", "require_fit", "rows_that_fit", "suggestions"]

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import batch as batch_cli
 from . import preflight
+from .batch import add_batch_flags
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +73,9 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="default: cuda if available, else cpu")
     _add_speed(p)
     _add_long_video(p)
-    p.add_argument("--out", required=True, help="output .mp4 or .safetensors")
+    add_batch_flags(p)
+    p.add_argument("--out", required=True, help="output .mp4 or .safetensors (with batch flags: the "
+                   "name the outputs and the manifest are named after)")
     p.set_defaults(run=run_generate)
 
 
@@ -147,9 +151,10 @@ def run_generate(args: argparse.Namespace) -> int:
     preflight.check_numbers(args)
     device = preflight.check_device(args.device)
     out = preflight.check_out(args)
+    items = _batch_items(args, out)  # None: one video
     sizes = preflight.check_components(args)
     family = _family_from_headers(args.model, args.family)
-    request, chain, plan = _request(args, family)
+    request, chain, plan = _request(args, family, None if items is None else items[0].prompt)
     dtype = compute_dtype(args, device)
     options = _transformer_options(args, device, dtype)
     _check_compile(args, device)  # before any weights load
@@ -160,12 +165,28 @@ def run_generate(args: argparse.Namespace) -> int:
         models = _load(args, family.name, dtype, runtime, options)
         _compile(args, models, device)
         runtime.check_interrupt()
+        if items is not None:
+            made = batch_cli.run_job(args, models, request, plan, runtime, out, items)
+            sys.stdout.write(f"wrote {made} videos ({batch_cli.output_path(out, items[0]).name} ... "
+                             f"{batch_cli.output_path(out, items[-1]).name}) and "
+                             f"{batch_cli.manifest_path(out)}, {time.monotonic() - start:.1f} s\n")
+            return 0
         frames = _generate(models, request, runtime, chain)
         runtime.check_interrupt()  # a signal during the decode's last chunk
         write_frames(frames, out, models.family.fps)
     sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
                      f"{models.family.name}, {time.monotonic() - start:.1f} s)\n")
     return 0
+
+
+def _batch_items(args: argparse.Namespace, out: Path):
+    """The batch job's items with their output names judged (None without batch flags)."""
+    if not batch_cli.is_batch(args):
+        return None
+    batch_cli.check_flags(args)
+    items = batch_cli.job_items(args)
+    batch_cli.check_outputs(args, out, items)
+    return items
 
 
 def _check_compile(args: argparse.Namespace, device) -> None:
@@ -200,15 +221,15 @@ def _family_from_headers(model: str, family: str | None):
     return dataclasses.replace(get_family(name), transformer=cfg)
 
 
-def _request(args: argparse.Namespace, family):
+def _request(args: argparse.Namespace, family, prompt: str | None = None):
     """(request, chain options or None, plan) with the inputs read from files, checked against
-    ``family`` before any weights are loaded (cheap)."""
+    ``family`` before any weights are loaded (cheap); ``prompt``: a batch job's first."""
     import dataclasses
 
     from ..generation.conditioning import plan_conditioning
     from ..generation.pipeline import GenerateRequest
 
-    prompts = _prompts(args)
+    prompts = [prompt] if prompt is not None else _prompts(args)
     inputs = _inputs(args)
     chain = _chain(args, prompts, inputs.end_image)
     if chain is not None:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from .convert import add_commands as _add_convert_commands
 from .generate import add_commands as _add_generate_commands
-from ..errors import CogVideoXError, Interrupted
+from ..errors import CogVideoXError, Interrupted, InterruptedKeeping
 from ..loading.weights import ModelInfo, file_format, inspect_path
 from ..loading.quantized import describe as describe_quantization
 
@@ -65,6 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def describe_failure(e: BaseException) -> tuple[str, int]:
     """(one line for stderr, exit code) for a failure of a command."""
+    if isinstance(e, InterruptedKeeping):
+        return str(e), EXIT_INTERRUPTED
     if isinstance(e, Interrupted):
         return f"{e}: nothing written", EXIT_INTERRUPTED
     if isinstance(e, KeyboardInterrupt):

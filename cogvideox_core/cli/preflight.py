@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # torch and the pipeline load inside the checks: `info` stays
 OUT_SUFFIXES = (".mp4", ".safetensors")
 MAX_STEPS = 1000  # the sampler node's bound
 INPUT_FLAGS = ("model", "vae", "text_encoder", "image", "end_image", "video", "mask", "control",
-               "prompts_file")
+               "prompts_file", "prompt_list")
 MEDIA_FLAGS = ("image", "end_image", "video", "mask", "control")
 
 
@@ -135,13 +135,18 @@ def check_out(args: argparse.Namespace) -> Path:
     if out.is_dir():
         raise ValueError(f"--out {args.out}: is a folder; give a file name ending in "
                          f"{' or '.join(OUT_SUFFIXES)}")
-    for name, path in _input_paths(args):
-        if _same_or_inside(out, path):
-            raise ValueError(f"--out {args.out}: is {'' if out.resolve() == path.resolve() else 'inside '}"
-                             f"the {flag(name)} input {path}; writing there would destroy it: choose "
-                             "another file")
+    check_not_input(args, out)
     _check_writable(out, args.out)
     return out
+
+
+def check_not_input(args: argparse.Namespace, out: Path) -> None:
+    """A ``ValueError`` when the output ``out`` is, or lies inside, an input of the run."""
+    for name, path in _input_paths(args):
+        if _same_or_inside(out, path):
+            raise ValueError(f"--out {args.out}: {out} is {'' if out.resolve() == path.resolve() else 'inside '}"
+                             f"the {flag(name)} input {path}; writing there would destroy it: choose "
+                             "another file")
 
 
 def _input_paths(args: argparse.Namespace) -> list[tuple[str, Path]]:
@@ -250,17 +255,21 @@ def check_prompts_file(args: argparse.Namespace) -> list[str] | None:
     """The prompts file's non-empty lines (UTF-8), or None without one."""
     if args.prompts_file is None:
         return None
-    path = Path(args.prompts_file).expanduser()
+    return read_prompt_lines("prompts_file", args.prompts_file)
+
+
+def read_prompt_lines(name: str, given: str) -> list[str]:
+    """The non-empty lines, stripped, of the UTF-8 text file ``given`` of flag ``name``."""
+    path = Path(given).expanduser()
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"--prompts-file {args.prompts_file}: not UTF-8 text (byte {e.start}); "
-                         "save it as UTF-8") from None
+        raise ValueError(f"{flag(name)} {given}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except OSError as e:
-        raise ValueError(f"--prompts-file {args.prompts_file}: cannot read it ({e.strerror})") from None
+        raise ValueError(f"{flag(name)} {given}: cannot read it ({e.strerror})") from None
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
-        raise ValueError(f"--prompts-file {args.prompts_file}: no prompt in it (one per line)")
+        raise ValueError(f"{flag(name)} {given}: no prompt in it (one per line)")
     return lines
 
 
@@ -269,5 +278,6 @@ def read_media(name: str, path: str, reader):
     return reader(path, label=flag(name))
 
 
-__all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_suffix", "check_out",
-           "ComponentSizes", "check_components", "check_memory", "check_prompts_file", "read_media"]
+__all__ = ["OUT_SUFFIXES", "MAX_STEPS", "flag", "check_numbers", "check_device", "check_suffix", "check_out", "check_not_input",
+           "ComponentSizes", "check_components", "check_memory", "check_prompts_file", "read_prompt_lines",
+           "read_media"]

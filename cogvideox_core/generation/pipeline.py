@@ -11,10 +11,11 @@ holding frame 0 gets the start image (see README "How it works").
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -23,12 +24,12 @@ from .conditioning import (ConditioningInputs, ConditioningLatents, Conditioning
 from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
 from ..errors import NonFiniteError
 from ..families import Family, VAEConfig
-from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, require_fit
+from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, for_rows, require_fit
 from ..models.step_cache import CacheOptions, StepCache, check_guided, make_step_cache
 from ..models.step_cache import report as report_cache
 from ..runtime import Runtime, TorchRuntime, call_progress
-from ..sampling import (DYNAMIC_MODES, ModelFn, SchedulerConfig, add_noise, cfg_denoiser, get_sampler,
-                       make_schedule)
+from ..sampling import (DYNAMIC_MODES, ModelFn, RowGenerators, SchedulerConfig, add_noise, cfg_denoiser,
+                       get_sampler, make_schedule)
 from ..sampling.guidance import cfg_pair
 from ..sampling.schedules import Schedule
 from ..vae.tiling import TiledEncoder, decode_memory, no_progress, tiled_decode
@@ -184,25 +185,52 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
                    plan: ConditioningPlan) -> torch.Tensor:
     """Scaled final latents [1, F_total, C, h, w] (padding included), diffusers' draw order."""
     cond, uncond = encode_text(models, request, runtime)
-    generator = torch.Generator(device="cpu").manual_seed(request.seed)
-    conditioning = make_conditioning(models, request, runtime, plan, generator)
+    return sample_rows(models, request, runtime, plan, cond, uncond, [request.seed],
+                       progress_callback(runtime, plan, models.family))
+
+
+def sample_rows(models: Models, request: GenerateRequest, runtime: Runtime, plan: ConditioningPlan,
+                cond: torch.Tensor, uncond: torch.Tensor | None, seeds: Sequence[int],
+                callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+    """Scaled final latents [B, F_total, C, h, w] of B = len(``seeds``) videos sampled together,
+    row i with T5 states ``cond[i]`` (``uncond[i]``) and its own CPU generator seeded with
+    ``seeds[i]``, drawn in diffusers' order (I2V/V2V posterior sample, initial noise, sampler
+    noise): each row is what a one-video run with that seed gives, up to float summation order.
+    ``request.seed`` is not used (``seeds`` are)."""
+    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+    parts = [make_conditioning(models, dataclasses.replace(request, seed=seed), runtime, plan, g)
+             for seed, g in zip(seeds, generators)]
+    conditioning = stack_conditioning(parts)
     schedule = make_schedule(request.steps, models.scheduler_config(), strength=plan.denoise)
-    x = initial_latents(conditioning, schedule, generator, _dtype(models.transformer), runtime.device)
+    dtype, device = _dtype(models.transformer), runtime.device
+    x = torch.cat([initial_latents(c, schedule, g, dtype, device) for c, g in zip(parts, generators)])
     cache = None if request.cache is None else make_step_cache(request.cache, models.family.name, plan.mode)
     if cache is not None:
         cache.reset(len(schedule))
     denoise = make_denoiser(models, conditioning, cond, uncond, request, schedule, cache=cache)
-    estimate = run_memory(models, request, plan, runtime.device.type)
+    estimate = for_rows(run_memory(models, request, plan, runtime.device.type), len(seeds))
     runtime.load(models.transformer, estimate.total())
     check_memory(models, request, plan, runtime, estimate)
     runtime.check_interrupt()
     sampler = get_sampler(request.sampler or models.family.recommended_sampler)
-    callback = progress_callback(runtime, plan, models.family)
+    noise = generators[0] if len(generators) == 1 else RowGenerators(generators)
     try:
-        return sampler(denoise, x, schedule, generator=generator, callback=callback)
+        return sampler(denoise, x, schedule, generator=noise, callback=callback)
     finally:
         if cache is not None:
             report_cache(cache)
+
+
+def stack_conditioning(parts: Sequence[ConditioningLatents]) -> ConditioningLatents:
+    """One :class:`ConditioningLatents` of the videos ``parts`` (one plan), rows in order."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+        return None if tensors[0] is None else torch.cat(tensors)  # type: ignore[arg-type]
+
+    return dataclasses.replace(parts[0], extra=cat([p.extra for p in parts]),
+                               init_latents=cat([p.init_latents for p in parts]))
 
 
 def memory_args(family: Family, request: GenerateRequest, device_type: str, vae: VAEConfig | None,
@@ -285,7 +313,7 @@ def make_model_fn(models: Models, conditioning: ConditioningLatents, context: La
     extra = conditioning.extra  # [1, F_total, C_e, h, w] or None
 
     def whole(x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
-        return call(x, t, text, None if extra is None else extra.expand(x.shape[0], *extra.shape[1:]))
+        return call(x, t, text, None if extra is None else rows_for(extra, x.shape[0]))
 
     if context is None:
         return whole
@@ -293,7 +321,7 @@ def make_model_fn(models: Models, conditioning: ConditioningLatents, context: La
     def windowed(x: torch.Tensor, t: int, text: torch.Tensor) -> torch.Tensor:
         step = schedule.timesteps.index(t)
         windows, weights = plan_windows(context, x.shape[1], step, len(schedule))
-        full = None if extra is None else extra.expand(x.shape[0], *extra.shape[1:])
+        full = None if extra is None else rows_for(extra, x.shape[0])
 
         def per_window(xw: torch.Tensor, wins: list[list[int]]) -> torch.Tensor:
             ew = None if full is None else slice_windows(full, wins)  # [n*B, L, C_e, h, w]
@@ -302,6 +330,16 @@ def make_model_fn(models: Models, conditioning: ConditioningLatents, context: La
         return run_windows(per_window, x, windows, weights, context.batch_windows)
 
     return windowed
+
+
+def rows_for(extra: torch.Tensor, rows: int) -> torch.Tensor:
+    """Per-video conditioning ``extra`` [B, ...] for a model batch of ``rows``: B rows repeated
+    ``rows // B`` times (batched CFG's [uncond, cond] halves repeat the videos in order)."""
+    if extra.shape[0] == rows:
+        return extra
+    if extra.shape[0] == 1:
+        return extra.expand(rows, *extra.shape[1:])
+    return extra.repeat(rows // extra.shape[0], *([1] * (extra.ndim - 1)))
 
 
 def make_denoiser(models: Models, conditioning: ConditioningLatents, cond: torch.Tensor,
@@ -402,5 +440,5 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
 
 
 __all__ = ["Models", "GenerateRequest", "CacheOptions", "generate", "generate_latents", "validate", "encode_text",
-           "sample_latents", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
+           "sample_latents", "sample_rows", "stack_conditioning", "rows_for", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
            "model_call", "progress_callback", "check_finite", "memory_args", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]

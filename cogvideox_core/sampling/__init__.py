@@ -14,15 +14,15 @@ from typing import Any, Protocol
 import torch
 
 from .guidance import DYNAMIC_MODES, Cond, ModelFn, cfg_denoiser, dynamic_cfg_scale
-from .samplers import (Callback, Denoiser, draw_noise, sample_ddim, sample_dpm, sample_dpmpp_2m,
-                       sample_euler)
+from .samplers import (Callback, Denoiser, Generator, RowGenerators, draw_noise, sample_ddim, sample_dpm,
+                       sample_dpmpp_2m, sample_euler)
 from .schedules import (Schedule, SchedulerConfig, add_noise, alphas_cumprod, final_alpha_cumprod,
                         make_schedule, schedule_sigmas, spaced_timesteps, timesteps_for_strength)
 
 
 class Sampler(Protocol):
     def __call__(self, denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *,
-                 generator: torch.Generator | None = None, callback: Callback | None = None,
+                 generator: Generator | None = None, callback: Callback | None = None,
                  **kwargs: Any) -> torch.Tensor: ...
 
 
@@ -47,7 +47,7 @@ def get_sampler(name: str) -> Sampler:
 
 
 __all__ = [
-    "Callback", "Cond", "DYNAMIC_MODES", "Denoiser", "ModelFn", "SAMPLERS", "SAMPLER_NAMES",
+    "Callback", "Cond", "DYNAMIC_MODES", "Denoiser", "Generator", "ModelFn", "RowGenerators", "SAMPLERS", "SAMPLER_NAMES",
     "STOCHASTIC_SAMPLERS", "Sampler", "Schedule", "SchedulerConfig", "add_noise", "alphas_cumprod",
     "cfg_denoiser", "draw_noise", "dynamic_cfg_scale", "final_alpha_cumprod", "get_sampler",
     "make_schedule", "sample_ddim", "sample_dpm", "sample_dpmpp_2m", "sample_euler",

@@ -11,7 +11,7 @@ progress only through ``callback``; a host's callback raises to interrupt.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, Union
 
 import torch
 
@@ -21,13 +21,42 @@ Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
 Callback = Callable[[dict[str, Any]], None]
 
 
-def draw_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Standard normal noise shaped like ``like``, drawn on the generator's device (diffusers ``randn_tensor``)."""
+class RowGenerators:
+    """One ``torch.Generator`` per batch row, for batches of videos with their own seeds: row
+    ``i`` of every draw is what a batch-1 run with generator ``i`` draws at the same point, so a
+    video sampled in a batch equals its single run."""
+
+    def __init__(self, generators: Sequence[torch.Generator]) -> None:
+        if not generators:
+            raise ValueError("generators=[]: give one torch.Generator per batch row")
+        self.generators = list(generators)
+
+    @property
+    def device(self) -> torch.device:
+        return self.generators[0].device
+
+    def randn(self, shape: Sequence[int], dtype: torch.dtype) -> torch.Tensor:
+        """Noise [B, ...] on the generators' device, row i from generator i."""
+        if shape[0] != len(self.generators):
+            raise ValueError(f"noise for {shape[0]} batch rows from {len(self.generators)} generators: "
+                             "give one generator per row")
+        return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=g.device, dtype=dtype)
+                          for g in self.generators])
+
+
+Generator = Union[torch.Generator, RowGenerators]
+
+
+def draw_noise(like: torch.Tensor, generator: Generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``like``, drawn on the generator's device (diffusers
+    ``randn_tensor``); :class:`RowGenerators` draw each row from its own generator."""
+    if isinstance(generator, RowGenerators):
+        return generator.randn(like.shape, like.dtype).to(like.device)
     noise = torch.randn(like.shape, generator=generator, device=generator.device, dtype=like.dtype)
     return noise.to(like.device)
 
 
-def _require_generator(generator: torch.Generator | None, sampler: str) -> torch.Generator:
+def _require_generator(generator: Generator | None, sampler: str) -> Generator:
     if generator is None:
         raise ValueError(f"generator=None: sampler {sampler} is stochastic and draws noise only "
                          f"from an explicit torch.Generator")
@@ -81,7 +110,7 @@ def _dpmpp_step(x: torch.Tensor, x0: torch.Tensor, old_x0: torch.Tensor | None, 
 
 @torch.no_grad()
 def sample_ddim(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *,
-                generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                generator: Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """CogVideoX DDIM (Song et al. 2020, eta = 0) as CogVideoXDDIMScheduler.step: t -> t - T // N; generator unused."""
     for i, t in enumerate(schedule.timesteps):
         a, a_prev = schedule.alpha(t), schedule.alpha(schedule.prev_timesteps[i])
@@ -94,7 +123,7 @@ def sample_ddim(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *,
 
 @torch.no_grad()
 def sample_dpm(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *,
-               generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+               generator: Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """CogVideoX's stochastic DPM-Solver++(2M) (Lu et al. 2022; CogVideoXDPMScheduler.step, SDE eta = 1).
 
     First and last steps are first order; steps go t -> t - T // N; the 2M history uses the
@@ -120,7 +149,7 @@ def sample_dpm(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *,
 
 @torch.no_grad()
 def sample_euler(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *, eta: float = 0.0,
-                 generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                 generator: Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """Euler on the probability-flow ODE (Karras et al. 2022, Alg. 2), ancestral when eta > 0 (DDIM eta).
 
     Euler in k-diffusion's VE coordinates (x / alpha, sigma / alpha) written in VP form, so the
@@ -144,7 +173,7 @@ def sample_euler(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *, e
 
 @torch.no_grad()
 def sample_dpmpp_2m(denoise_fn: Denoiser, x: torch.Tensor, schedule: Schedule, *, eta: float = 0.0,
-                    generator: torch.Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
+                    generator: Generator | None = None, callback: Callback | None = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022) in VP form, SDE variant when eta > 0; first and last steps first order.
 
     Steps between listed timesteps (to -1 after the last); the zero-SNR first step is the exact
