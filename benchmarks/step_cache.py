@@ -62,18 +62,15 @@ import logging
 import re
 import statistics
 import sys
-import threading
-import time
 from pathlib import Path
-from typing import Callable
 
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusers.hooks import (FasterCacheConfig, FirstBlockCacheConfig,  # noqa: E402
                              PyramidAttentionBroadcastConfig)
 
+from benchmarks.measure import PeakMemory  # noqa: E402
 from benchmarks.sampling import SCHEDULERS, report_setup, setup, timed  # noqa: E402
 from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents  # noqa: E402
 from cogvideox_core.models.step_cache import CacheOptions  # noqa: E402
@@ -138,39 +135,6 @@ class _AttentionCounter:
 
     def counts(self) -> tuple[int, int, float]:
         return self.evaluated, self.calls * self.per_call, 0.0
-
-
-class PeakMemory:
-    """Peak memory of a call above what was in use before it: the CUDA allocator's peak, or the
-    process's resident set sampled every millisecond on the CPU."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-
-    def measure(self, fn: Callable[[], object]) -> int:
-        if self.cuda:
-            torch.cuda.synchronize()
-            before = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - before
-        proc, peak, done = psutil.Process(), [0], threading.Event()
-        before = proc.memory_info().rss
-
-        def sample() -> None:
-            while not done.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
-                time.sleep(0.001)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            fn()
-        finally:
-            done.set()
-            sampler.join()
-        return max(peak[0] - before, 0)
 
 
 @dataclasses.dataclass
