@@ -18,6 +18,7 @@ LAYERS = [  # lowest first; a name is a top-level module or sub-package of cogvi
     {"models", "vae", "sampling", "quant"},
     {"loading", "memory"},
     {"generation"},
+    {"parallel"},
     {"long_video"},
     {"tiny"},
     {"cli"},

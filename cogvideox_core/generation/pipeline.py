@@ -11,6 +11,7 @@ holding frame 0 gets the start image (see README "How it works").
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -191,34 +192,75 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime,
 
 def sample_rows(models: Models, request: GenerateRequest, runtime: Runtime, plan: ConditioningPlan,
                 cond: torch.Tensor, uncond: torch.Tensor | None, seeds: Sequence[int],
-                callback: Callable[[dict[str, Any]], None] | None = None) -> torch.Tensor:
+                callback: Callable[[dict[str, Any]], None] | None = None,
+                hooks: SamplingHooks | None = None) -> torch.Tensor:
     """Scaled final latents [B, F_total, C, h, w] of B = len(``seeds``) videos sampled together,
     row i with T5 states ``cond[i]`` (``uncond[i]``) and its own CPU generator seeded with
     ``seeds[i]``, drawn in diffusers' order (I2V/V2V posterior sample, initial noise, sampler
     noise): each row is what a one-video run with that seed gives, up to float summation order.
-    ``request.seed`` is not used (``seeds`` are)."""
-    generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
-    parts = [make_conditioning(models, dataclasses.replace(request, seed=seed), runtime, plan, g)
-             for seed, g in zip(seeds, generators)]
-    conditioning = stack_conditioning(parts)
-    schedule = make_schedule(request.steps, models.scheduler_config(), strength=plan.denoise)
-    dtype, device = _dtype(models.transformer), runtime.device
-    x = torch.cat([initial_latents(c, schedule, g, dtype, device) for c, g in zip(parts, generators)])
-    cache = None if request.cache is None else make_step_cache(request.cache, models.family.name, plan.mode)
-    if cache is not None:
-        cache.reset(len(schedule))
-    denoise = make_denoiser(models, conditioning, cond, uncond, request, schedule, cache=cache)
-    estimate = for_rows(run_memory(models, request, plan, runtime.device.type), len(seeds))
-    runtime.load(models.transformer, estimate.total())
-    check_memory(models, request, plan, runtime, estimate)
-    runtime.check_interrupt()
-    sampler = get_sampler(request.sampler or models.family.recommended_sampler)
-    noise = generators[0] if len(generators) == 1 else RowGenerators(generators)
-    try:
-        return sampler(denoise, x, schedule, generator=noise, callback=callback)
-    finally:
+    ``request.seed`` is not used (``seeds`` are). ``hooks``: what a run over several processes
+    does differently (:class:`SamplingHooks`; default: one process)."""
+    hooks = hooks or SamplingHooks(runtime)
+    with hooks.guard():
+        cond, uncond = hooks.share(cond), hooks.share(uncond)
+        generators = [torch.Generator(device="cpu").manual_seed(seed) for seed in seeds]
+        parts = [make_conditioning(models, dataclasses.replace(request, seed=seed), runtime, plan, g)
+                 for seed, g in zip(seeds, generators)]
+        conditioning = hooks.share_conditioning(stack_conditioning(parts))
+        schedule = make_schedule(request.steps, models.scheduler_config(), strength=plan.denoise)
+        dtype, device = _dtype(models.transformer), runtime.device
+        x = hooks.share(torch.cat([initial_latents(c, schedule, g, dtype, device)
+                                   for c, g in zip(parts, generators)]))
+        cache = None if request.cache is None else make_step_cache(request.cache, models.family.name, plan.mode)
         if cache is not None:
-            report_cache(cache)
+            cache.reset(len(schedule))
+        denoise = hooks.denoiser(models, conditioning, cond, uncond, request, schedule, cache)
+        estimate = for_rows(run_memory(models, request, plan, runtime.device.type), len(seeds))
+        runtime.load(models.transformer, estimate.total())
+        check_memory(models, request, plan, runtime, estimate)
+        hooks.check_interrupt()
+        sampler = get_sampler(request.sampler or models.family.recommended_sampler)
+        noise = generators[0] if len(generators) == 1 else RowGenerators(generators)
+        try:
+            return sampler(denoise, x, schedule, generator=noise,
+                           callback=hooks.callback(callback or _no_progress))
+        finally:
+            if cache is not None:
+                report_cache(cache)
+
+
+def _no_progress(info: dict[str, Any]) -> None:
+    return None
+
+
+class SamplingHooks:
+    """The points where sampling over several processes differs from one
+    (:class:`~cogvideox_core.parallel.hooks.MeshHooks`), as no-ops for one process: ``guard``
+    around the run, ``share`` rank 0's tensors, ``share_conditioning``, ``denoiser`` (the guided
+    model), ``check_interrupt`` before sampling and ``callback`` around the progress callback."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def guard(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def share(self, x: torch.Tensor | None) -> torch.Tensor | None:
+        return x
+
+    def share_conditioning(self, conditioning: ConditioningLatents) -> ConditioningLatents:
+        return conditioning
+
+    def denoiser(self, models: Models, conditioning: ConditioningLatents, cond: torch.Tensor,
+                 uncond: torch.Tensor | None, request: GenerateRequest, schedule: Schedule,
+                 cache: StepCache | None = None):
+        return make_denoiser(models, conditioning, cond, uncond, request, schedule, cache=cache)
+
+    def check_interrupt(self) -> None:
+        self.runtime.check_interrupt()
+
+    def callback(self, progress: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+        return progress
 
 
 def stack_conditioning(parts: Sequence[ConditioningLatents]) -> ConditioningLatents:
@@ -440,5 +482,5 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
 
 
 __all__ = ["Models", "GenerateRequest", "CacheOptions", "generate", "generate_latents", "validate", "encode_text",
-           "sample_latents", "sample_rows", "stack_conditioning", "rows_for", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
+           "sample_latents", "sample_rows", "SamplingHooks", "stack_conditioning", "rows_for", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
            "model_call", "progress_callback", "check_finite", "memory_args", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]
