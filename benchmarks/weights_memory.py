@@ -6,12 +6,16 @@ diffusers folder (and, when the pack's GGUF loader is in the tree, as Q8_0 and Q
 files written with the ``gguf`` package's writer, each tensor typed as city96's ComfyUI-GGUF
 tools type it (:func:`gguf_type`): 1-D and tiny tensors F32, every other one quantized where its
 rows fill whole blocks, so ``text_proj``, the time embedding, ``norm_out`` and ``proj_out`` are
-quantized in the file too and dequantized at load, as in the files users have). Each storage is then loaded in a fresh subprocess, computing in ``--dtype`` (default
-bfloat16; fp32 is the reference, computing in float32):
+quantized in the file too and dequantized at load, as in the files users have). Each storage is
+then loaded in a fresh subprocess, computing in ``--dtype`` (default bfloat16; fp32 is the
+reference, computing in float32):
 
 - ``bf16``: everything in bfloat16;
 - ``fp8``: block matmul weights float8_e4m3fn, cast at each matmul (fp8 matmuls on capable GPUs);
-- ``int8``: block matmul weights int8 + a float32 scale per output channel;
+- ``int8``: block matmul weights int8 + a float32 scale per output channel, the pack's own
+  matmul (``COGVIDEOX_INT8_KERNEL=pack``);
+- ``int8_ao``: the same int8 storage on torchao's int8 weight-only linear
+  (:func:`~cogvideox_core.quant.int8_path` ``"torchao"``), when torchao is installed;
 - ``q8_0`` / ``q4_0``: the GGUF files, their quantized tensors kept quantized.
 
 Per storage, measured in its own process (so no allocator state carries over): the bytes the
@@ -24,6 +28,7 @@ rounding of activations dominates). Ratios to bf16 are measured in this run. The
 
     RESULT int8_peak_over_bf16=... q4_peak_over_bf16=... q8_maxdiff=... int8_maxdiff=... int8_step_time_over_bf16=...
            int8_weights_over_bf16=... q4_weights_over_bf16=... int8_weights_full=... q4_weights_full=...
+           int8_torchao_step_time_over_bf16=...
 
 (one line; measured in this run at ``--layers``: ``*_peak_over_bf16``, peak RSS while loading
 over bf16's; ``*_maxdiff``, max abs difference to fp32; ``*_weights_over_bf16``, the bytes the
@@ -57,9 +62,11 @@ layer, writing ``proj_out`` alone as F32 took Q4_0's ``rel`` from 0.135 to 0.096
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
+import os
 import re
 import subprocess
 import sys
@@ -71,7 +78,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-STORAGES = ("fp32", "bf16", "fp8", "int8", "q8_0", "q4_0")
+STORAGES = ("fp32", "bf16", "fp8", "int8", "int8_ao", "q8_0", "q4_0")
+INT8_KERNEL = {"int8": "pack", "int8_ao": "auto"}  # COGVIDEOX_INT8_KERNEL of the int8 children
 logger = logging.getLogger("weights_memory")
 
 
@@ -112,8 +120,23 @@ def _load(storage: str, folder: Path, dtype, device):
         return load_transformer(folder, torch.float32, device)[0]
     if storage in ("q8_0", "q4_0"):
         return load_transformer(folder.parent / f"{storage}.gguf", dtype, device, family="5b")[0]
-    weight_dtype = {"bf16": None, "fp8": torch.float8_e4m3fn, "int8": torch.int8}[storage]
+    weight_dtype = {"bf16": None, "fp8": torch.float8_e4m3fn, "int8": torch.int8, "int8_ao": torch.int8}[storage]
     return load_transformer(folder, dtype, device, weight_dtype=weight_dtype)[0]
+
+
+def _check_int8_path(storage: str, dtype, device: str) -> None:
+    """``int8_ao`` runs torchao's int8 matmul and ``int8`` the pack's own (a float16 ``int8_ao``
+    fails: torchao's path is not used there), in the step's dtype and the fp32 output's."""
+    import torch
+
+    from cogvideox_core.quant import int8_path
+
+    if storage not in INT8_KERNEL:
+        return
+    for compute in (dtype, torch.float32):
+        path = int8_path(torch.device(device), compute, False)
+        if (path == "torchao") != (storage == "int8_ao"):
+            raise RuntimeError(f"{storage}: the int8 matmul path in {compute} on {device} is {path!r}")
 
 
 def _inputs(model, dtype, device):
@@ -142,6 +165,7 @@ def child(args: argparse.Namespace) -> None:
     from cogvideox_core.loading.weights import model_bytes
 
     dtype = torch.float32 if args.child == "fp32" else getattr(torch, args.dtype)
+    _check_int8_path(args.child, dtype, args.device)
     base = _status_kib("VmRSS")
     _reset_peak()
     model = _load(args.child, Path(args.model), dtype, args.device)
@@ -294,7 +318,8 @@ def run_child(args: argparse.Namespace, storage: str, folder: Path) -> dict:
     out = folder.parent / f"{storage}.out.safetensors"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", storage, "--model", str(folder),
            "--out", str(out), "--dtype", args.dtype, "--repeats", str(args.repeats), "--device", args.device]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    env = {**os.environ, "COGVIDEOX_INT8_KERNEL": INT8_KERNEL.get(storage, "auto")}
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"storage": storage, "error": f"failed: {tail[0]}"}
@@ -333,7 +358,8 @@ def table(results: dict[str, dict]) -> list[str]:
 
 def result_line(results: dict[str, dict], full: dict[str, float]) -> str:
     """The RESULT line: the issue's five keys, then the measured weight ratios
-    (``*_weights_over_bf16``) and the full-depth 5B ones from shapes (``*_weights_full``)."""
+    (``*_weights_over_bf16``), the full-depth 5B ones from shapes (``*_weights_full``) and the
+    torchao int8 path's step time over bf16's (``nan`` without torchao)."""
     bf16 = results["bf16"]
 
     def ratio(name: str, field: str) -> float:
@@ -346,8 +372,10 @@ def result_line(results: dict[str, dict], full: dict[str, float]) -> str:
     return (f"RESULT int8_peak_over_bf16={ratio('int8', 'load_peak'):.3f} "
             f"q4_peak_over_bf16={ratio('q4_0', 'load_peak'):.3f} q8_maxdiff={diff('q8_0'):.3e} "
             f"int8_maxdiff={diff('int8'):.3e} int8_step_time_over_bf16={ratio('int8', 'step_time'):.3f} "
-            f"int8_weights_over_bf16={ratio('int8', 'weights'):.3f} q4_weights_over_bf16={ratio('q4_0', 'weights'):.3f} "
-            f"int8_weights_full={full['int8']:.3f} q4_weights_full={full['q4_0']:.3f}")
+            f"int8_weights_over_bf16={ratio('int8', 'weights'):.3f} "
+            f"q4_weights_over_bf16={ratio('q4_0', 'weights'):.3f} "
+            f"int8_weights_full={full['int8']:.3f} q4_weights_full={full['q4_0']:.3f} "
+            f"int8_torchao_step_time_over_bf16={ratio('int8_ao', 'step_time'):.3f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
@@ -359,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict]:
         folder = Path(tmp) / "transformer"
         state = write_model(args, folder)
         missing = {q: write_gguf(state, Path(tmp) / f"{q}.gguf", q) for q in ("q8_0", "q4_0")}
+        if importlib.util.find_spec("torchao") is None:
+            missing["int8_ao"] = "not available (torchao is not installed)"
         del state
         results = {}
         for storage in STORAGES:

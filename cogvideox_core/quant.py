@@ -27,10 +27,29 @@ update is added to the real weight and re-quantized *with the layer's existing s
 update that pushes a row past its old absmax saturates (as ComfyUI's scaled fp8 does); the
 patcher's backup restores the codes afterwards. ComfyUI before late 2024 has no such hooks and
 would add a LoRA to the stored codes: the pack's LoRA node refuses that case. Checked against the
-real ComfyUIs of March 2024 and December 2025 by tests/test_int8_comfy.py.
+real ComfyUIs of March 2024 and December 2025 by tests/test_int8_comfy.py and
+tests/test_scaled_fp8_comfy.py.
+
+Int8 matmul paths, chosen per call by :func:`int8_path` (logged at DEBUG once per case), all on
+the same storage:
+
+- ``torchao`` (bf16/fp32 on CPU or CUDA, torchao installed, not while ``torch.compile`` traces):
+  torchao's ``Int8Tensor`` wraps the stored codes and scales for the call (no copy) and
+  ``F.linear`` runs torchao's int8 weight-only linear. In torchao 0.18 that is
+  ``mm(x, codes.T in x's dtype) * scale + bias``, the pack's own arithmetic: the outputs were
+  equal bit for bit on CPU (tests/test_int8_torchao.py) and it was no faster there (a 1-layer
+  5B-width bf16 step, the two paths alternating in one process: within 3%; the ``int8_ao`` row
+  of benchmarks/weights_memory.py). While ``torch.compile`` traces, the pack's own path runs
+  (no tensor subclass built inside a compiled block);
+- ``scaled-output``: the pack's own ``(x @ codes.T) * scale`` (no torchao, other devices, or
+  ``COGVIDEOX_INT8_KERNEL=pack``);
+- ``dequantize``: the real weight first, then the matmul (fp16, LoRA-patched layers).
 """
 from __future__ import annotations
 
+import functools
+import logging
+import os
 import re
 from typing import Callable
 
@@ -40,8 +59,16 @@ from torch import nn
 
 from .ops import fp8_linear, fp8_matmul_fits
 
+logger = logging.getLogger(__name__)
+
 INT8_MAX = 127  # symmetric: codes in -127..127 (-128 unused, so negation is exact)
 CHUNK_VALUES = 2**20  # quantize_int8 converts this many values at a time to float32
+INT8_KERNEL_ENV = "COGVIDEOX_INT8_KERNEL"  # "auto" (default): torchao when installed; "pack": never
+INT8_KERNEL_CHOICES = ("auto", "pack")
+# torchao's Int8Tensor weight-only linear computes mm(x, codes.T in x's dtype) * scale: exact
+# codes in bf16/fp32; fp16 could overflow before the scale, so fp16 dequantizes first
+TORCHAO_DTYPES = (torch.bfloat16, torch.float32)
+TORCHAO_DEVICES = ("cpu", "cuda")  # where its path has been run (tests/test_int8_torchao.py, benchmarks)
 
 
 def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +110,46 @@ def _functions(fs: object) -> list[Callable[[torch.Tensor], torch.Tensor]]:
     if fs is None:
         return []
     return list(fs) if isinstance(fs, (list, tuple)) else [fs]  # type: ignore[list-item]
+
+
+@functools.cache
+def torchao_int8_tensor() -> type | None:
+    """torchao's ``Int8Tensor`` class, or None when torchao is not installed or does not import
+    with this torch (imported on first use: it adds seconds to start-up)."""
+    try:
+        from torchao.quantization import Int8Tensor
+    except (ImportError, AttributeError, RuntimeError, OSError) as e:  # a torchao built for another torch
+        logger.debug("int8: torchao not usable (%s: %s): the pack's own int8 matmul", type(e).__name__, e)
+        return None
+    return Int8Tensor
+
+
+def int8_path(device: torch.device, dtype: torch.dtype, patched: bool) -> str:
+    """Which :class:`Int8Linear` matmul runs for an input on ``device`` in ``dtype``:
+    ``"torchao"``, ``"scaled-output"`` or ``"dequantize"`` (see the module docstring).
+    ``patched``: the layer carries ComfyUI LoRA patch functions (they need the weight itself)."""
+    choice = os.environ.get(INT8_KERNEL_ENV, "auto")
+    if choice not in INT8_KERNEL_CHOICES:
+        raise ValueError(f"{INT8_KERNEL_ENV}={choice!r}: must be one of {', '.join(INT8_KERNEL_CHOICES)}")
+    return _int8_path(device.type, dtype, patched, choice == "auto" and not _compiling())
+
+
+def _compiling() -> bool:
+    """Whether dynamo is tracing (``torch.compiler.is_compiling``: torch 2.3 on; never before)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(getattr(compiler, "is_compiling", lambda: False)())
+
+
+@functools.cache
+def _int8_path(device_type: str, dtype: torch.dtype, patched: bool, torchao_allowed: bool) -> str:
+    if patched or dtype not in TORCHAO_DTYPES:
+        path = "dequantize"
+    elif torchao_allowed and device_type in TORCHAO_DEVICES and torchao_int8_tensor() is not None:
+        path = "torchao"
+    else:
+        path = "scaled-output"
+    logger.debug("int8 matmul on %s in %s%s: %s", device_type, dtype, " (LoRA-patched)" if patched else "", path)
+    return path
 
 
 class QuantizedLinear(nn.Module):
@@ -169,15 +236,26 @@ class Int8Linear(QuantizedLinear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(x @ codes.T) * scale + b``: the per-row scale moves to the output, one pass less
-        over the weight than dequantizing it (codes up to 127 are exact in bf16 and fp32). In
-        fp16 (whose output could overflow before scaling) and with LoRA patches the weight
-        is dequantized first (:meth:`QuantizedLinear.forward`)."""
-        if _functions(self.weight_function) or _functions(self.bias_function) or \
-                x.dtype not in (torch.bfloat16, torch.float32):
+        over the weight than dequantizing it (codes up to 127 are exact in bf16 and fp32), by
+        torchao's int8 weight-only linear when installed, else by the pack's own. In fp16
+        (whose output could overflow before scaling) and with LoRA patches the weight is
+        dequantized first (:meth:`QuantizedLinear.forward`). :func:`int8_path` chooses."""
+        patched = bool(_functions(self.weight_function) or _functions(self.bias_function))
+        path = int8_path(x.device, x.dtype, patched)
+        if path == "dequantize":
             return super().forward(x)
+        if path == "torchao":
+            return self._torchao_linear(x)
         y = F.linear(x, self.stored_weight(x.dtype, x.device))  # [..., out] in stored units
         y.mul_(_to(self.weight_scale, x.device, x.dtype))
         return y if self.bias is None else y.add_(_to(self.bias, x.device, x.dtype))
+
+    def _torchao_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """torchao's ``Int8Tensor`` over the stored codes [out, in] and scales [out, 1] on x's
+        device (a view where they already are: nothing copied), for this call only."""
+        codes, scale = _to(self.weight.detach(), x.device), _to(self.weight_scale.detach(), x.device)
+        w = torchao_int8_tensor()(codes, scale[:, None], [1, self.in_features], x.dtype)
+        return F.linear(x, w, _to(self.bias, x.device, x.dtype))
 
     def requantize(self, w: torch.Tensor) -> torch.Tensor:
         scale = self.weight_scale.to(w.device)[:, None]
@@ -251,5 +329,5 @@ def quantized_nbytes(model: nn.Module) -> dict[str, int]:
     return out
 
 
-__all__ = ["INT8_MAX", "quantize_int8", "QuantizedLinear", "Int8Linear", "ScaledFP8Linear",
-           "swap_linears", "like", "quantized_nbytes"]
+__all__ = ["INT8_MAX", "INT8_KERNEL_ENV", "quantize_int8", "int8_path", "torchao_int8_tensor", "QuantizedLinear",
+           "Int8Linear", "ScaledFP8Linear", "swap_linears", "like", "quantized_nbytes"]
