@@ -74,6 +74,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     _add_speed(p)
     _add_long_video(p)
     add_batch_flags(p)
+    p.add_argument("--parallel", help="under torchrun: cfg=2 (the two guidance branches on two processes), "
+                   "ulysses=K (the video tokens split over K processes; K must divide the family's heads), "
+                   "or both, e.g. cfg=2,ulysses=2 on 4 processes: `torchrun --nproc-per-node 4 -m "
+                   "cogvideox_core generate ... --parallel cfg=2,ulysses=2`; the same video as one process")
     p.add_argument("--out", required=True, help="output .mp4 or .safetensors (with batch flags: the "
                    "name the outputs and the manifest are named after)")
     p.set_defaults(run=run_generate)
@@ -155,6 +159,9 @@ def run_generate(args: argparse.Namespace) -> int:
     sizes = preflight.check_components(args)
     family = _family_from_headers(args.model, args.family)
     request, chain, plan = _request(args, family, None if items is None else items[0].prompt)
+    parallel = _parallel(args, family, request, items, chain)
+    if parallel is not None:
+        return _run_parallel(args, parallel, family, request, plan, device, out, sizes, start)
     dtype = compute_dtype(args, device)
     options = _transformer_options(args, device, dtype)
     _check_compile(args, device)  # before any weights load
@@ -176,6 +183,52 @@ def run_generate(args: argparse.Namespace) -> int:
         write_frames(frames, out, models.family.fps)
     sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
                      f"{models.family.name}, {time.monotonic() - start:.1f} s)\n")
+    return 0
+
+
+def _parallel(args: argparse.Namespace, family, request, items, chain):
+    """``--parallel``'s config, checked against the run before anything joins or loads (None without it)."""
+    if args.parallel is None:
+        return None
+    from ..parallel import ParallelConfig, check_family
+
+    config = ParallelConfig.parse(args.parallel)
+    for given, what in ((items, "batch flags (--prompt-list, --seeds, --count)"), (chain, "--extend-chunks")):
+        if given is not None:
+            raise ValueError(f"--parallel {args.parallel} with {what}: not supported yet; run one video a launch")
+    check_family(family, request, config)
+    return config
+
+
+def _run_parallel(args: argparse.Namespace, config, family, request, plan, device, out: Path, sizes,
+                  start: float) -> int:
+    """One video on every rank of a torchrun launch; rank 0 decodes and writes it."""
+    from .signals import interrupts_to
+    from .storage import compute_dtype
+    from .. import parallel
+    from ..runtime import TorchRuntime
+    from ..video_io import write_frames
+
+    mesh, device = parallel.init_from_env(config, device.type)
+    try:
+        parallel.quiet_other_ranks(mesh)
+        dtype = compute_dtype(args, device)
+        options = _transformer_options(args, device, dtype)
+        _check_compile(args, device)
+        runtime = TorchRuntime(device=device, show_progress=mesh.is_first)
+        preflight.check_memory(family, request, plan, dtype, device, runtime.free_memory(), sizes,
+                               options["weight_dtype"])
+        with interrupts_to(runtime):
+            models = _load(args, family.name, dtype, runtime, options)
+            _compile(args, models, device)
+            frames = parallel.generate(models, request, mesh, runtime)
+            if frames is not None:  # rank 0
+                write_frames(frames, out, models.family.fps)
+                sys.stdout.write(f"wrote {out} ({frames.shape[0]} frames, {frames.shape[2]}x{frames.shape[1]}, "
+                                 f"{models.family.name}, --parallel {config} on {config.world_size} "
+                                 f"processes, {time.monotonic() - start:.1f} s)\n")
+    finally:
+        parallel.close()
     return 0
 
 

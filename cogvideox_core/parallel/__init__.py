@@ -18,10 +18,10 @@ from .comm import ParallelError
 from .config import ParallelConfig
 from .groups import Mesh, close, init_from_env, join_from_env, make_mesh
 from .hooks import MeshHooks, blocks_runner, make_parallel_denoiser
-from .run import check_request, generate, generate_latents, quiet_other_ranks, sample_latents
+from .run import check_family, check_request, generate, generate_latents, quiet_other_ranks, sample_latents
 from .ulysses import UlyssesAttention, UlyssesBlocks
 
 __all__ = ["ParallelConfig", "ParallelError", "Mesh", "init_from_env", "join_from_env", "make_mesh", "close",
            "cfg_parallel_pair", "parallel_cfg_denoiser", "UlyssesAttention", "UlyssesBlocks",
-           "blocks_runner", "check_request", "make_parallel_denoiser", "sample_latents",
+           "blocks_runner", "check_family", "check_request", "make_parallel_denoiser", "sample_latents",
            "generate_latents", "generate", "quiet_other_ranks", "MeshHooks"]

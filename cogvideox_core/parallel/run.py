@@ -13,6 +13,7 @@ import logging
 
 import torch
 
+from ..families import Family
 from ..generation.conditioning import ConditioningPlan
 from ..generation.pipeline import (GenerateRequest, Models, check_finite, encode_text, latents_to_frames,
                                    progress_callback, sample_rows, unscale, validate)
@@ -27,7 +28,12 @@ logger = logging.getLogger(__name__)
 def check_request(models: Models, request: GenerateRequest, config: ParallelConfig) -> None:
     """``ValueError`` for what the parallel modes do not do (step caches) or the model cannot
     (heads not divisible by ulysses), before any process group work."""
-    config.check_heads(models.family.transformer.num_heads, models.family.name)
+    check_family(models.family, request, config)
+
+
+def check_family(family: Family, request: GenerateRequest, config: ParallelConfig) -> None:
+    """:func:`check_request` from the family alone (the CLI: before any weights load)."""
+    config.check_heads(family.transformer.num_heads, family.name)
     if request.cache is not None and config.world_size > 1:
         raise ValueError(f"cache={request.cache.method!r} with --parallel {config}: not supported "
                          "(a step cache keeps per-branch state that CFG ranks do not share); "
@@ -88,4 +94,4 @@ def generate(models: Models, request: GenerateRequest, mesh: Mesh, runtime: Runt
     return latents_to_frames(models, latents, runtime, frames=plan.frames)
 
 
-__all__ = ["check_request", "quiet_other_ranks", "sample_latents", "agree", "generate_latents", "generate"]
+__all__ = ["check_request", "check_family", "quiet_other_ranks", "sample_latents", "agree", "generate_latents", "generate"]
