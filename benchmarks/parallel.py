@@ -103,11 +103,11 @@ def _run(name: str, world: int, parallel: str | None, args: argparse.Namespace) 
     return results
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logger.info("model: %s-like, %d layers, %d heads x %d, %d frames %dx%d (3456 video + 226 text tokens), "
                 "%d ddim steps, cfg 6, 1 thread per rank", FAMILY, args.layers, HEADS, HEAD_DIM, FRAMES,
@@ -118,9 +118,10 @@ def main() -> None:
     ratio = lambda runs, key="seconds": max(r[key] for r in runs) / single[key]  # noqa: E731
     peak = max(r["peak_mib"] for r in uly2) / max(single["peak_mib"], 1e-9)
     diff = max(float((r["latents"] - single["latents"]).abs().max()) for r in cfg2 + uly2)
-    print(f"RESULT cfg2_time_ratio={ratio(cfg2):.3f} ulysses2_time_ratio={ratio(uly2):.3f} "
-          f"ulysses2_peak_ratio={peak:.3f} parity_maxdiff={diff:.3g} "
-          f"cfg2_cpu_ratio={ratio(cfg2, 'cpu'):.3f} ulysses2_cpu_ratio={ratio(uly2, 'cpu'):.3f}")
+    result = {"cfg2_time_ratio": ratio(cfg2), "ulysses2_time_ratio": ratio(uly2), "ulysses2_peak_ratio": peak,
+              "parity_maxdiff": diff, "cfg2_cpu_ratio": ratio(cfg2, "cpu"), "ulysses2_cpu_ratio": ratio(uly2, "cpu")}
+    sys.stdout.write("RESULT " + " ".join(f"{k}={v:.4g}" for k, v in result.items()) + "\n")
+    return result
 
 
 if __name__ == "__main__":
