@@ -70,16 +70,33 @@ class PromptConditioning:
     """What travels on the ``COGVIDEOX_CONDITIONING`` socket: prompt embeddings plus what the
     conditioning nodes add, for the sampler.
 
-    ``positive``/``negative``: T5 states [1, 226, D] on the intermediate device. ``inputs``:
-    the images, videos and masks of the request (the core's ``ConditioningInputs``, IMAGE
-    layout); ``vae`` encodes them during sampling, with the sampler's seed, in the diffusers
-    pipelines' order (the I2V/V2V posterior sample is drawn before the noise).
+    ``positive``: T5 states [P, 226, D] of P prompts (one video each per batch entry; P is 1
+    unless a text encode node's ``prompts_per_line`` is on); ``negative``: [1, 226, D], shared.
+    Both on the intermediate device. ``inputs``: the images, videos and masks of the request
+    (the core's ``ConditioningInputs``, IMAGE layout); ``vae`` encodes them during sampling,
+    with each video's seed, in the diffusers pipelines' order (the I2V/V2V posterior sample is
+    drawn before the noise).
     """
 
     positive: torch.Tensor
     negative: torch.Tensor
     inputs: ConditioningInputs = field(default_factory=ConditioningInputs)
     vae: VAEHandle | None = None
+
+    @property
+    def prompts(self) -> int:
+        """P: how many prompts ``positive`` holds."""
+        return int(self.positive.shape[0])
+
+
+def one_prompt(name: str, conditioning: PromptConditioning, node: str) -> torch.Tensor:
+    """The positive states [1, 226, D] of a conditioning that holds one prompt; a ValueError
+    naming input ``name`` of ``node`` when it holds several."""
+    if conditioning.prompts != 1:
+        raise ValueError(f"{name}: holds {conditioning.prompts} prompts (prompts_per_line on in the text "
+                         f"encode node); {node} takes one prompt: turn prompts_per_line off, or give "
+                         "one line")
+    return conditioning.positive
 
 
 def tip(kind: str, tooltip: str, **opts: Any) -> tuple:

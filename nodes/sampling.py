@@ -1,9 +1,12 @@
 """Sampling nodes: context window and step cache options, the sampler, and chained extension.
 
-The sampler is one call of ``cogvideox_core.generation.pipeline.generate_latents`` per batch entry: the
-conditioning is validated against the model's family first, encoded with the seed, sampled
-with the family's scheduler, and the final latents come back unscaled in ComfyUI's video
-latent layout [B, 16, F_lat, H/8, W/8]. The extend node is one
+The sampler is one ``cogvideox_core.generation.batch.sample_batches`` job over one video per
+prompt of the conditioning (P) and batch entry of the latent (B, entry i with seed + i, the same
+seeds for every prompt): the conditioning is validated against the model's family first, each
+video's conditioning inputs encoded with its seed, the videos sampled in batches as large as
+memory allows (one at a time with a single prompt: the numbers of a one-video run, as before)
+with the family's scheduler, and the final latents come back unscaled in ComfyUI's video latent
+layout [P * B, 16, F_lat, H/8, W/8], prompt by prompt. The extend node is one
 ``cogvideox_core.long_video.chain.extend_chain`` call: chunks conditioned on the video's last frames,
 colour-matched to its first chunk and crossfaded on.
 """
@@ -15,7 +18,8 @@ from typing import Any
 import torch
 
 from ..cogvideox_core.families import SPATIAL_COMPRESSION, TEMPORAL_COMPRESSION, check_frames, pixel_frames
-from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, generate_latents, validate
+from ..cogvideox_core.generation.batch import Row, sample_batches
+from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, encode_text, validate
 from ..cogvideox_core.long_video.chain import ChainOptions, check_chain, extend_chain
 from ..cogvideox_core.models.step_cache import METHODS, THRESHOLDED, CacheOptions
 from ..cogvideox_core.sampling import SAMPLER_NAMES
@@ -23,7 +27,7 @@ from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
 from . import host
 from .common import (CACHE, CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, T5, VAE, ModelHandle,
                      PromptConditioning, T5Handle, VAEHandle, check_finite, choice, float_input,
-                     images_tensor, int_input, latent_samples, out_of_memory, tip)
+                     images_tensor, int_input, latent_samples, one_prompt, out_of_memory, tip)
 from .text import encode_lines
 
 SAMPLERS = ("auto", *SAMPLER_NAMES)
@@ -37,6 +41,24 @@ def sampling_changes(context: ContextOptions | None) -> tuple[str, ...]:
     windows = ("a shorter length_frames, or batch_windows 1, in CogVideoX Context Options" if context else
                "context windows: a CogVideoX Context Options node on context_options (the memory of one window)")
     return ("fewer frames or a smaller width/height (on the node that makes the latent)", windows, FP8_CHANGE)
+
+
+def latent_size(samples: torch.Tensor) -> dict[str, int]:
+    """The request's frames, height and width (pixels) of latents [B, C, F_lat, h, w]."""
+    _b, _c, t, h, w = samples.shape
+    return {"frames": pixel_frames(t), "height": h * SPATIAL_COMPRESSION, "width": w * SPATIAL_COMPRESSION}
+
+
+def video_rows(models: Models, request: GenerateRequest, conditioning: PromptConditioning, batch: int,
+               runtime: Any) -> list[Row]:
+    """One row per prompt p of ``conditioning`` and batch entry i (seed + i), prompt by prompt:
+    T5 states in the transformer's dtype on the compute device (the negative only with cfg > 1)."""
+    rows = []
+    for p in range(conditioning.prompts):
+        one = dataclasses.replace(request, prompt_embeds=conditioning.positive[p:p + 1])
+        cond, uncond = encode_text(models, one, runtime)  # [1, 226, D] each, or uncond None
+        rows += [Row(cond, uncond, (request.seed + i) % 2**64) for i in range(batch)]
+    return rows
 
 
 def sampling_inputs() -> dict[str, tuple]:
@@ -143,8 +165,10 @@ class CogVideoXSampler:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": tip(MODEL, "From CogVideoX Model Loader (optionally through LoRAs)."),
-            "conditioning": tip(CONDITIONING, "From a CogVideoX text encode or conditioning node."),
-            "latent": tip("LATENT", "An empty latent (or one from a conditioning node): frames, size, batch."),
+            "conditioning": tip(CONDITIONING, "From a CogVideoX text encode or conditioning node; with "
+                                "several prompts one video per prompt and batch entry, prompt by prompt."),
+            "latent": tip("LATENT", "An empty latent (or one from a conditioning node): frames, size, batch "
+                          "(video i of each prompt uses seed + i)."),
             **sampling_inputs(),
             "denoise": float_input("1 = from pure noise; below 1 only for video-to-video (how much of "
                                    "the source video changes).", 1.0, 0.01, 1.0),
@@ -161,24 +185,25 @@ class CogVideoXSampler:
         choice("sampler", sampler, SAMPLERS)
         check_finite(self, cfg=cfg, denoise=denoise)
         check_cache(cache, context_options)
-        batch, _c, t, h, w = samples.shape
         vae = conditioning.vae
         models = Models(model.model, model.family, None if vae is None else vae.model,
                         scheduler=model.scheduler)
         request = GenerateRequest(
-            inputs=dataclasses.replace(conditioning.inputs, denoise=float(denoise)), frames=pixel_frames(t),
-            height=h * SPATIAL_COMPRESSION, width=w * SPATIAL_COMPRESSION, steps=steps, cfg=cfg,
-            sampler=None if sampler == "auto" else sampler, seed=seed, context=context_options,
-            cache=cache, prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
+            inputs=dataclasses.replace(conditioning.inputs, denoise=float(denoise)), **latent_size(samples),
+            steps=steps, cfg=cfg, sampler=None if sampler == "auto" else sampler, seed=seed,
+            context=context_options, cache=cache, prompt_embeds=conditioning.positive[:1],
+            negative_embeds=conditioning.negative)  # each prompt's states come with the rows
         plan = validate(models, request)  # before anything is loaded
         patchers = (model.patcher, *([] if vae is None else [vae.patcher]))
         runtime = host.runtime(*patchers)
-        with out_of_memory(f"sampling {plan.frames} frames at {plan.width}x{plan.height}",
+        rows = video_rows(models, request, conditioning, samples.shape[0], runtime)
+        most = 1 if conditioning.prompts == 1 else None  # one prompt: one video at a time, as before
+        videos = "" if len(rows) == 1 else f"{len(rows)} videos of "
+        with out_of_memory(f"sampling {videos}{plan.frames} frames at {plan.width}x{plan.height}",
                            sampling_changes(context_options), *patchers):
-            outs = [host.to_intermediate(generate_latents(  # video i uses seed + i
-                models, dataclasses.replace(request, seed=(seed + i) % 2**64), runtime, plan))
-                for i in range(batch)]
-        return ({"samples": torch.cat(outs)},)
+            outs = [host.to_intermediate(latents) for _rows, latents, _s
+                    in sample_batches(models, request, plan, rows, runtime, max_batch=most)]
+        return ({"samples": torch.cat(outs)},)  # [P * B, C, F_lat, h, w], prompt by prompt
 
 
 class CogVideoXExtendVideo:
@@ -220,6 +245,7 @@ class CogVideoXExtendVideo:
                chunks: int = 1, colour_match: float = 1.0, end_image: torch.Tensor | None = None,
                t5: T5Handle | None = None, prompts: str = "",
                cache: CacheOptions | None = None) -> tuple[torch.Tensor]:
+        positive = one_prompt("conditioning", conditioning, "Extend Video")
         video = images_tensor("images", images)
         check_frames("frames", frames)
         choice("sampler", sampler, SAMPLERS)
@@ -232,7 +258,7 @@ class CogVideoXExtendVideo:
         models = Models(model.model, model.family, vae.model, scheduler=model.scheduler)
         request = GenerateRequest(frames=frames, steps=steps, cfg=cfg, seed=seed,
                                   sampler=None if sampler == "auto" else sampler, cache=cache,
-                                  prompt_embeds=conditioning.positive, negative_embeds=conditioning.negative)
+                                  prompt_embeds=positive, negative_embeds=conditioning.negative)
         check_chain(models, request, options, h, w)  # before anything is loaded (the T5 included)
         embeds = encode_lines(t5, prompts, chunks)  # one [1, 226, D] per line, or None
         options = dataclasses.replace(options, prompt_embeds=embeds)

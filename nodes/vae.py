@@ -5,9 +5,15 @@ cache carried between them, split spatially into tiles; finished frames leave th
 device chunk by chunk. Exact mode (the default) equals the untiled VAE; ``exact`` off blends
 overlapping tiles (faster on small GPUs, not equal). LATENT is unscaled VAE space
 [B, 16, F_lat, H/8, W/8]; IMAGE is [B*F, H, W, 3] in 0..1.
+
+ComfyUI's IMAGE has no place for video boundaries: Tiled Decode puts the frames of a latent's
+videos one after another. Tiled Decode (video list) keeps them apart the way ComfyUI passes
+several items: an output list (``OUTPUT_IS_LIST``), one IMAGE [F, H, W, 3] per video, decoded
+one at a time; ComfyUI then runs every node after it once per video (Save Video: one file each).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -17,6 +23,9 @@ from ..cogvideox_core.vae.tiling import check_settings, decode_memory, encode_me
 from ..cogvideox_core.video_io import frames_to_video, video_to_frames
 from . import host
 from .common import MAX_RESOLUTION, VAE, VAEHandle, images_tensor, int_input, latent_samples, out_of_memory, tip
+
+logger = logging.getLogger(__name__)
+LIST_NAME = "CogVideoX Tiled Decode (video list)"
 
 
 def tile_inputs() -> dict[str, tuple]:
@@ -62,12 +71,64 @@ class CogVideoXTiledDecode:
         settings = _settings(tile, overlap)
         check_settings(vae.model.config, **settings, exact=exact)  # before loading
         runtime = host.runtime(vae.patcher)
-        b, _c, t, h, w = z.shape
-        what = f"decoding {b} x {pixel_frames(t)} frames at {w * SPATIAL_COMPRESSION}x{h * SPATIAL_COMPRESSION}"
-        with out_of_memory(what, vae_changes(tile), vae.patcher):
+        b = z.shape[0]
+        if b > 1:
+            logger.info("Tiled Decode: the latent holds %d videos; their frames follow one another in one "
+                        "IMAGE (use %s for one IMAGE, and one saved file, per video)", b, LIST_NAME)
+        with out_of_memory(_decoding(z), vae_changes(tile), vae.patcher):
             model = host.load(runtime, vae.patcher, decode_memory(vae.model, z))
             video = tiled_decode(model, z, exact=exact, runtime=runtime, **settings)  # [B, 3, F, H, W]
             return (host.to_intermediate(video_to_frames(video)),)  # [B*F, H, W, 3]
+
+
+def _decoding(z: torch.Tensor) -> str:
+    """What a decode of latents ``z`` [B, C, T, h, w] does (for the out-of-memory error)."""
+    b, _c, t, h, w = z.shape
+    return f"decoding {b} x {pixel_frames(t)} frames at {w * SPATIAL_COMPRESSION}x{h * SPATIAL_COMPRESSION}"
+
+
+class CogVideoXTiledDecodeList:
+    DESCRIPTION = ("Decodes video latents like CogVideoX Tiled Decode but keeps the videos apart: a list "
+                   "with one IMAGE per video (several prompts or a batch), decoded one at a time. "
+                   "ComfyUI runs each node after it once per video: Save Video writes one numbered "
+                   "file per video.")
+    CATEGORY = "CogVideoX/vae"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("videos",)
+    OUTPUT_IS_LIST = (True,)
+    FUNCTION = "decode"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {"vae": tip(VAE, "From CogVideoX VAE Loader."),
+                             "latent": tip("LATENT", "Video latents from the CogVideoX Sampler: one video per "
+                                           "prompt and batch entry.")},
+                "optional": tile_inputs()}
+
+    def decode(self, vae: VAEHandle, latent: dict, exact: bool = True, tile: int = 0,
+               overlap: int = 0) -> tuple[list[torch.Tensor]]:
+        z = latent_samples("latent", latent)
+        settings = _settings(tile, overlap)
+        check_settings(vae.model.config, **settings, exact=exact)  # before loading
+        runtime = host.runtime(vae.patcher)
+        videos = []
+        with out_of_memory(_decoding(z), vae_changes(tile), vae.patcher):
+            for i in range(z.shape[0]):  # one video at a time: memory does not grow with the batch
+                one = z[i:i + 1]
+                model = host.load(runtime, vae.patcher, decode_memory(vae.model, one))
+                video = tiled_decode(model, one, exact=exact, runtime=runtime,
+                                     progress=_video_progress(runtime, i, z.shape[0]), **settings)
+                videos.append(host.to_intermediate(video_to_frames(video)))  # [F, H, W, 3]
+        return (videos,)
+
+
+def _video_progress(runtime: Any, video: int, videos: int) -> Any:
+    """The tiled decode's progress of video ``video`` of ``videos`` as progress over all of them."""
+
+    def progress(step: int, total: int, preview: torch.Tensor | None = None) -> None:
+        runtime.progress(video * total + step, videos * total, preview)
+
+    return progress
 
 
 class CogVideoXTiledEncode:
@@ -101,5 +162,6 @@ class CogVideoXTiledEncode:
 
 NODES: dict[str, Any] = {
     "CogVideoXTiledDecode": (CogVideoXTiledDecode, "CogVideoX Tiled Decode"),
+    "CogVideoXTiledDecodeList": (CogVideoXTiledDecodeList, LIST_NAME),
     "CogVideoXTiledEncode": (CogVideoXTiledEncode, "CogVideoX Tiled Encode"),
 }

@@ -53,7 +53,8 @@ class CogVideoXSaveVideo:
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
-            "images": tip("IMAGE", "The video frames (from CogVideoX Tiled Decode)."),
+            "images": tip("IMAGE", "The video frames (from CogVideoX Tiled Decode). From Tiled Decode "
+                          "(video list): one file per video, numbered."),
             "filename_prefix": tip("STRING", "File name prefix; may include a subfolder (video/cogvideox).",
                                    default="CogVideoX"),
             "frame_rate": float_input("Frames per second; 0 = the model's (8, or 16 for the 1.5 family; "

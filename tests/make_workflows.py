@@ -270,6 +270,31 @@ def chained_extension() -> tuple[list[N], str]:
     return nodes, note
 
 
+BATCH_PREFIX = "A fitness coach in a bright gym,"
+BATCH_PROMPTS = ("demonstrates a squat", "demonstrates a deadlift", "demonstrates a bench press", "does a pull-up")
+
+
+def batch_prompts() -> tuple[list[N], str]:
+    root = "CogVideoX-5b"
+    text = N("text", "CogVideoXTextEncode", 1, 2,
+             {"positive": "\n".join(BATCH_PROMPTS), "negative": NEGATIVE, "prompts_per_line": True,
+              "prefix": BATCH_PREFIX}, {"t5": ("t5", 0)})
+    nodes = [*_loaders(root)[:3], text,
+             N("latent", "CogVideoXEmptyLatent", 1, 0, {"width": 720, "height": 480, "frames": 49, "batch_size": 1}),
+             N("sampler", "CogVideoXSampler", 2, 0, {"seed": 42, "steps": 50, "cfg": 6.0, "sampler": "dpm"},
+               {"model": ("model", 0), "conditioning": ("text", 0), "latent": ("latent", 0)}),
+             N("decode", "CogVideoXTiledDecodeList", 3, 0, {}, {"vae": ("vae", 0), "latent": ("sampler", 0)}),
+             N("save", "CogVideoXSaveVideo", 3, 1, {"filename_prefix": "CogVideoX_batch/coach"},
+               {"images": ("decode", 0), "model": ("model", 0)})]
+    note = (f"Batch of prompts with CogVideoX-5B: one video per line of the prompt box ({len(BATCH_PROMPTS)} "
+            f"here), each with the prefix '{BATCH_PREFIX}' before it (prompts_per_line on). Every prompt is "
+            "encoded once, the videos are sampled in batches as large as memory allows (each equal to a "
+            "run of its prompt alone with the same seed) and Tiled Decode (video list) keeps them apart: "
+            "Save Video writes one numbered mp4 per prompt to output/CogVideoX_batch/. A batch size above "
+            "1 makes that many videos per prompt (seeds seed, seed + 1, ...). " + _files(root))
+    return nodes, note
+
+
 WORKFLOWS = {
     "cogvideox_2b_text_to_video": lambda: text_to_video("CogVideoX-2b", "ddim", "2B"),
     "cogvideox_5b_text_to_video": lambda: text_to_video("CogVideoX-5b", "dpm", "5B"),
@@ -279,6 +304,7 @@ WORKFLOWS = {
     "cogvideox_video_to_video": video_to_video,
     "cogvideox_video_to_video_core_nodes": video_to_video_core_nodes,
     "cogvideox_chained_extension": chained_extension,
+    "cogvideox_batch_prompts": batch_prompts,
 }
 
 

@@ -6,8 +6,8 @@ The hosts are the March 2024 and the December 2025 (v0.3.75) ComfyUI that
 models in the released names (``tests/tiny_models.py``) sit in a temporary models folder that an
 ``extra_model_paths.yaml`` points ComfyUI at; each ``workflows/*.json`` is converted as the editor
 converts it, submitted with sizes, frames and steps set small, and its mp4 is checked: it
-exists, with the expected frame count and size. A workflow wired with ComfyUI's own video nodes
-(``NEEDS_CORE_VIDEO``) is skipped in a host whose ``/object_info`` lacks them (2024); its mp4 is
+exists, with the expected frame count and size (the batch workflow: one mp4 per prompt,
+``EXPECTED_VIDEOS``). A workflow wired with ComfyUI's own video nodes (``NEEDS_CORE_VIDEO``) is skipped in a host whose ``/object_info`` lacks them (2024); its mp4 is
 the one core ``SaveVideo`` lists in its ui ``images`` (subfolder ``video/``).
 
 Skipped only when ``COGVIDEOX_SKIP_HOST=1``; a host that cannot be set up is a failure.
@@ -46,6 +46,9 @@ PER_WORKFLOW = {  # long video: 17 frames (5 latents) in windows of 9 frames (3 
 EXPECTED_FRAMES = {  # chained: 9 frames, then two chunks of 9 that overlap the video by 4
     "cogvideox_long_video_context_windows": LONG_FRAMES,
     "cogvideox_chained_extension": FRAMES + 2 * (FRAMES - 4),
+}
+EXPECTED_VIDEOS = {  # batch: one prompt per line, batch size 1, Tiled Decode (video list): an mp4 each
+    "cogvideox_batch_prompts": 4,
 }
 NEEDS_CORE_VIDEO = {"cogvideox_video_to_video_core_nodes"}  # wired with ComfyUI's own video nodes
 CORE_VIDEO_NODES = ("LoadVideo", "GetVideoComponents", "CreateVideo", "SaveVideo")  # not in 2024
@@ -94,11 +97,29 @@ def test_workflow_runs_in_comfyui(server: LiveServer, workflow: Path) -> None:
     run = server.run(prompt)
     seconds = time.monotonic() - start
     assert run.status == "success", _failure(server, run)
-    (video,) = _mp4s(run)
-    frames, size = _video_meta(video)
-    TIMINGS.append({"host": server.generation, "workflow": workflow.stem, "frames": frames,
-                    "size": f"{size[0]}x{size[1]}", "seconds": round(seconds, 2)})
-    assert (frames, size) == (EXPECTED_FRAMES.get(workflow.stem, FRAMES), (WIDTH, HEIGHT))
+    videos = _mp4s(run)
+    assert len(set(videos)) == len(videos) == EXPECTED_VIDEOS.get(workflow.stem, 1), videos
+    metas = [_video_meta(video) for video in videos]
+    frames, size = metas[0]
+    TIMINGS.append({"host": server.generation, "workflow": workflow.stem, "videos": len(videos),
+                    "frames": frames, "size": f"{size[0]}x{size[1]}", "seconds": round(seconds, 2)})
+    assert set(metas) == {(EXPECTED_FRAMES.get(workflow.stem, FRAMES), (WIDTH, HEIGHT))}, metas
+
+
+def test_workflow_saved_before_the_batch_inputs(server: LiveServer, tmp_path: Path) -> None:
+    """A workflow saved before the text encode node had prompts_per_line and prefix (its widget
+    values stop at negative) still runs: a multi-line prompt stays one prompt, one video."""
+    wf = json.loads((ROOT / "workflows" / "cogvideox_5b_text_to_video.json").read_text())
+    (text,) = [n for n in wf["nodes"] if n["type"] == "CogVideoXTextEncode"]
+    text["widgets_values"] = ["a fox\nin the snow\nat dusk", "blurry"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(wf))
+    prompt = server.prompt_from_workflow(old, _small())
+    inputs = prompt[str(text["id"])]["inputs"]  # missing widgets take their defaults, as in the editor
+    assert (inputs.get("prompts_per_line", False), inputs.get("prefix", "")) == (False, "")
+    run = server.run(prompt)
+    assert run.status == "success", _failure(server, run)
+    assert [_video_meta(v) for v in _mp4s(run)] == [(FRAMES, (WIDTH, HEIGHT))]
 
 
 def test_bad_input_is_a_node_error(server: LiveServer) -> None:

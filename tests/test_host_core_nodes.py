@@ -136,6 +136,28 @@ def test_text_to_video_into_core_create_video_at_the_model_frame_rate(server: Li
     assert _meta(_one_mp4(server, server.run(prompt))) == (FRAMES, (WIDTH, HEIGHT), 8.0)
 
 
+def test_video_list_into_core_create_video_one_file_per_video(server: LiveServer) -> None:
+    """Two prompts (one per line) x batch 2 -> Tiled Decode (video list) -> core CreateVideo ->
+    core SaveVideo: ComfyUI runs both core nodes once per video, four mp4 files."""
+    _needs_core_video_nodes(server)
+    prompt = {
+        **_loaders("CogVideoX-2b"),
+        "13": {"class_type": "CogVideoXEmptyLatent", "inputs": {"width": WIDTH, "height": HEIGHT,
+                                                                "frames": FRAMES, "batch_size": 2}},
+        **_sample_decode(["4", 0], ["13", 0], 1.0),
+        "30": {"class_type": "CreateVideo", "inputs": {"images": ["21", 0], "fps": ["1", 1]}},
+        "31": {"class_type": "SaveVideo", "inputs": {"video": ["30", 0], "filename_prefix": "video/core_list",
+                                                     "format": "mp4", "codec": "h264"}},
+    }
+    prompt["4"]["inputs"].update(positive="a panda\na fox", prompts_per_line=True)
+    prompt["21"]["class_type"] = "CogVideoXTiledDecodeList"
+    run = server.run(prompt)
+    assert run.status == "success", json.dumps(run.message("execution_error"), indent=1)[-4000:]
+    videos = [f for f in run.files if f.endswith(".mp4")]
+    assert len(set(videos)) == 4, (run.outputs, run.files)
+    assert {_meta(v) for v in videos} == {(FRAMES, (WIDTH, HEIGHT), 8.0)}
+
+
 def test_our_load_video_feeds_core_create_video(server: LiveServer) -> None:
     """Our CogVideoXLoadVideo's IMAGE and frame_rate (FLOAT) outputs go straight into core
     CreateVideo -> SaveVideo: a 12 fps source keeps its 12 frames, size and 12 fps."""

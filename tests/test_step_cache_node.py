@@ -99,7 +99,7 @@ def test_sampler_with_the_teacache_default(loaded: tuple) -> None:
 
 def test_cache_with_context_options_is_refused_naming_both(loaded: tuple, monkeypatch) -> None:
     model, _vae, cond = loaded
-    monkeypatch.setattr(PACK.nodes.sampling, "generate_latents", None)  # refused before sampling
+    monkeypatch.setattr(PACK.nodes.sampling, "sample_batches", None)  # refused before sampling
     cache, = node("CogVideoXCache")("fbc", 0.0)
     ctx, = node("CogVideoXContextOptions")(9, 4)
     with pytest.raises(ValueError, match=r"cache \(fbc\) with context_options: .*cannot be combined"):
@@ -148,7 +148,7 @@ def test_attention_cache_refusals_name_the_input(loaded: tuple, monkeypatch) -> 
     with pytest.raises(ValueError, match=r"threshold=0.3 with method pab: only teacache and fbc"):
         node("CogVideoXCache")("pab", 0.3)
     model, _vae, cond = loaded
-    monkeypatch.setattr(PACK.nodes.sampling, "generate_latents", None)  # refused before sampling
+    monkeypatch.setattr(PACK.nodes.sampling, "sample_batches", None)  # refused before sampling
     cache, = node("CogVideoXCache")("fastercache", 0.0)
     with pytest.raises(ValueError, match=r"cfg <= 1"):
         node("CogVideoXSampler")(model, cond, _latent(), 3, 4, 1.0, "ddim", 1.0, None, cache)
