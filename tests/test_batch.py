@@ -14,6 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from batch_spy import spy_sample_rows
 from cli_util import refused
 from cogvideox_core.cli.main import main
 from cogvideox_core.errors import Interrupted
@@ -52,16 +53,7 @@ def _run(models, request, items, runtime=None, **kwargs) -> list[batch_mod.Finis
 @pytest.fixture
 def batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The number of videos in each sampled batch."""
-    sizes: list[int] = []
-    real = batch_mod.sample_rows
-
-    def spy(models, request, runtime, plan, cond, uncond, seeds, callback=None):
-        sizes.append(len(seeds))
-        assert cond.shape[0] == len(seeds) and (uncond is None or uncond.shape[0] == len(seeds))
-        return real(models, request, runtime, plan, cond, uncond, seeds, callback)
-
-    monkeypatch.setattr(batch_mod, "sample_rows", spy)
-    return sizes
+    return spy_sample_rows(monkeypatch, batch_mod)
 
 
 # the positional and conditioning kinds: 2B sincos + DDIM, 5B RoPE + stochastic DPM, 5B-I2V (a

@@ -16,6 +16,7 @@ from typing import Iterator
 import pytest
 import torch
 
+from batch_spy import spy_sample_rows
 from make_workflows import BATCH_PREFIX, BATCH_PROMPTS, ROOT, load_pack
 from tiny_models import FRAMES, HEIGHT, WIDTH
 
@@ -75,15 +76,7 @@ def _image(frames: int = 1, seed: int = 0) -> torch.Tensor:
 @pytest.fixture
 def rows_per_call(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """How many videos each sampling call of the job took together."""
-    seen: list[int] = []
-    real = core_batch.sample_rows
-
-    def spy(models, request, runtime, plan, cond, uncond, seeds, callback=None):
-        seen.append(len(seeds))
-        return real(models, request, runtime, plan, cond, uncond, seeds, callback)
-
-    monkeypatch.setattr(core_batch, "sample_rows", spy)
-    return seen
+    return spy_sample_rows(monkeypatch, core_batch)
 
 
 # ---- text encode ------------------------------------------------------------------------------

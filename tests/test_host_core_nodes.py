@@ -124,31 +124,28 @@ def test_text_to_video_into_core_create_video_at_the_model_frame_rate(server: Li
     """Our decoded IMAGE into core CreateVideo with the model loader's frame_rate output (the 2B
     family's 8 fps, not CreateVideo's default 30) -> core SaveVideo."""
     _needs_core_video_nodes(server)
-    prompt = {
+    prompt = _t2v_into_core_video(1, "video/core_t2v")
+    assert _meta(_one_mp4(server, server.run(prompt))) == (FRAMES, (WIDTH, HEIGHT), 8.0)
+
+
+def _t2v_into_core_video(batch_size: int, filename_prefix: str) -> dict:
+    """2B text-to-video, decoded, into core CreateVideo (the loader's frame rate) -> SaveVideo."""
+    return {
         **_loaders("CogVideoX-2b"),
         "13": {"class_type": "CogVideoXEmptyLatent", "inputs": {"width": WIDTH, "height": HEIGHT,
-                                                                "frames": FRAMES, "batch_size": 1}},
+                                                                "frames": FRAMES, "batch_size": batch_size}},
         **_sample_decode(["4", 0], ["13", 0], 1.0),
         "30": {"class_type": "CreateVideo", "inputs": {"images": ["21", 0], "fps": ["1", 1]}},
-        "31": {"class_type": "SaveVideo", "inputs": {"video": ["30", 0], "filename_prefix": "video/core_t2v",
+        "31": {"class_type": "SaveVideo", "inputs": {"video": ["30", 0], "filename_prefix": filename_prefix,
                                                      "format": "mp4", "codec": "h264"}},
     }
-    assert _meta(_one_mp4(server, server.run(prompt))) == (FRAMES, (WIDTH, HEIGHT), 8.0)
 
 
 def test_video_list_into_core_create_video_one_file_per_video(server: LiveServer) -> None:
     """Two prompts (one per line) x batch 2 -> Tiled Decode (video list) -> core CreateVideo ->
     core SaveVideo: ComfyUI runs both core nodes once per video, four mp4 files."""
     _needs_core_video_nodes(server)
-    prompt = {
-        **_loaders("CogVideoX-2b"),
-        "13": {"class_type": "CogVideoXEmptyLatent", "inputs": {"width": WIDTH, "height": HEIGHT,
-                                                                "frames": FRAMES, "batch_size": 2}},
-        **_sample_decode(["4", 0], ["13", 0], 1.0),
-        "30": {"class_type": "CreateVideo", "inputs": {"images": ["21", 0], "fps": ["1", 1]}},
-        "31": {"class_type": "SaveVideo", "inputs": {"video": ["30", 0], "filename_prefix": "video/core_list",
-                                                     "format": "mp4", "codec": "h264"}},
-    }
+    prompt = _t2v_into_core_video(2, "video/core_list")
     prompt["4"]["inputs"].update(positive="a panda\na fox", prompts_per_line=True)
     prompt["21"]["class_type"] = "CogVideoXTiledDecodeList"
     run = server.run(prompt)
