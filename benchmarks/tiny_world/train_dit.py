@@ -1,0 +1,102 @@
+"""Stages 3 and 4: the CogVideoX transformers on the pool's latents, with the real objective.
+
+Each step draws clips from the :class:`~.latents.Pool`, a fresh posterior sample of each
+(scaled by the family's VAE scaling factor, frames first [B, F_lat, 16, h, w], as the sampler
+sees them), a timestep uniform in 0..999 and noise, and noises them with the family's
+``alphas_cumprod`` (:mod:`cogvideox_core.sampling.schedules`: scaled linear betas, the family's
+SNR shift, zero terminal SNR). The target is the v-prediction ``sqrt(a) eps - sqrt(1 - a) x0``
+(the samplers read x0 as ``sqrt(a) x_t - sqrt(1 - a) v``); loss: MSE. The caption is replaced by
+"" for :data:`UNCOND_SHARE` of the clips, so classifier-free guidance works. The Fun InP model
+gets its 17 extra channels (mask + masked-video latents, scaled): none known (zeros, as the
+pipeline gives an InP model without images), the start frame, or start and end frames, each a
+third of the time. The saved weights are the EMA.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+from torch import nn
+
+from cogvideox_core.families import Family
+from cogvideox_core.models.transformer import CogVideoXTransformer
+from cogvideox_core.sampling.schedules import SchedulerConfig, add_noise, alphas_cumprod
+from cogvideox_core.tiny import init_random
+
+from .latents import KNOWN_SETS, Pool
+from .loop import EMA, Budget, make_optimizer, run
+
+logger = logging.getLogger(__name__)
+
+UNCOND_SHARE = 0.1
+EMA_DECAY = 0.998
+
+
+class Batches:
+    """Training batches from a pool, all randomness from one seeded generator."""
+
+    def __init__(self, pool: Pool, family: Family, batch: int, seed: int) -> None:
+        self.pool, self.family, self.batch = pool, family, batch
+        self.gen = torch.Generator().manual_seed(seed)
+        self.alphas = alphas_cumprod(SchedulerConfig(snr_shift_scale=family.snr_shift_scale)).float()
+        self.scale = family.vae_scaling_factor
+        self.inp = family.conditioning == "inp"
+
+    def draw(self) -> tuple[torch.Tensor, ...]:
+        """(model input [B, F, C_in, h, w], timesteps [B], text [B, 226, D], v target [B, F, 16, h, w])."""
+        g, p, b = self.gen, self.pool, self.batch
+        idx = torch.randint(len(p.mean), (b,), generator=g)
+        x0 = self.scale * (p.mean[idx] + p.std[idx] * torch.randn(p.mean[idx].shape, generator=g))
+        t = torch.randint(0, len(self.alphas), (b,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        xt = add_noise(x0, eps, t, self.alphas)
+        a = self.alphas[t].view(-1, 1, 1, 1, 1)
+        v = a.sqrt() * eps - (1 - a).sqrt() * x0
+        caps = torch.where(torch.rand(b, generator=g) < UNCOND_SHARE, len(p.embeds) - 1, p.caption[idx])
+        if self.inp:
+            xt = torch.cat([xt, self._extra(idx)], dim=2)
+        return xt, t, p.embeds[caps], v
+
+    def _extra(self, idx: torch.Tensor) -> torch.Tensor:
+        """Scaled InP channels [B, F, 17, h, w]: per clip none / start / start+end known."""
+        mode = torch.randint(0, 1 + len(KNOWN_SETS), (len(idx),), generator=self.gen)
+        out = torch.zeros(len(idx), *self.pool.extras["start"].shape[1:])
+        for k, name in enumerate(KNOWN_SETS, start=1):
+            pick = mode == k
+            out[pick] = self.pool.extras[name][idx[pick]]
+        return self.scale * out
+
+
+def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, batch: int = 16,
+                      lr: float = 1e-3, save: Callable[[nn.Module], object] | None = None
+                      ) -> tuple[CogVideoXTransformer, dict]:
+    """The EMA weights of a :class:`CogVideoXTransformer` of ``family`` trained on ``pool``;
+    ``save(ema_model)`` is called every few minutes (so a run cut short leaves its weights)."""
+    torch.manual_seed(seed)
+    model = init_random(CogVideoXTransformer(family.transformer), seed).train()
+    ema = EMA(model, EMA_DECAY)
+    opt = make_optimizer(model.parameters(), lr)
+    batches = Batches(pool, family, batch, seed)
+    name = "t2v" if family.conditioning == "t2v" else "inp"
+
+    def step(i: int) -> dict[str, float]:
+        x, t, text, v = batches.draw()
+        loss = (model(x, t, text) - v).pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema.update(model, i)
+        return {"loss": float(loss.detach())}
+
+    def checkpoint(i: int) -> None:
+        if save is not None:
+            save(ema.model)
+            logger.info("%s: EMA weights of step %d saved", name, i)
+
+    summary = run(name, step, opt, budget, log_every=100, checkpoint=checkpoint)
+    return ema.model, summary
+
+
+__all__ = ["Batches", "train_transformer", "UNCOND_SHARE"]

@@ -1,0 +1,101 @@
+"""The tiny synthetic world (benchmarks/tiny_world): clips, captions, the analyser, and the
+trained models shipped in cogvideox_core/data/tiny_world (when present)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks.tiny_world.analyse import (analyse, calibrate, centroid_depth, classify_shape, fill_ratio,
+                                           foreground_mask, largest_step)
+from benchmarks.tiny_world.world import (COLOURS, DIRECTIONS, FRAMES, HALF_SIZE, HEIGHT, SHAPES, SPEED, WIDTH,
+                                         Attributes, all_captions, caption, make_clip, parse_caption,
+                                         render, sample_clips, sample_scenes, start_range)
+
+
+def test_clips_are_deterministic_from_the_seed():
+    a, b, c = sample_clips(4, seed=7), sample_clips(4, seed=7), sample_clips(4, seed=8)
+    assert [x[0] for x in a] == [x[0] for x in b]
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(a, b))
+    assert [x[0] for x in a] != [x[0] for x in c] or not torch.equal(a[0][1], c[0][1])
+
+
+def test_clip_shape_range_and_background():
+    clip = make_clip("red", "circle", "right", (20.0, 30.0))
+    assert clip.shape == (FRAMES, HEIGHT, WIDTH, 3) and clip.dtype == torch.float32
+    assert float(clip.min()) >= 0.0 and float(clip.max()) <= 1.0
+    assert torch.equal(clip[:, 0, 0], torch.ones(FRAMES, 3))  # white corner
+    black = make_clip("red", "circle", "right", (20.0, 30.0), background="black")
+    assert torch.equal(black[:, 0, 0], torch.zeros(FRAMES, 3))
+
+
+def test_caption_form_and_parser_round_trip():
+    attrs = Attributes("red", "circle", "right")
+    assert caption(attrs) == "a red circle moving right on a white background"
+    assert parse_caption("  A Red circle moving   right on a white background ") == attrs
+    for text in all_captions(("white", "black")):
+        assert caption(parse_caption(text)) == text
+    assert len(all_captions()) == len(COLOURS) * len(SHAPES) * len(DIRECTIONS)
+
+
+@pytest.mark.parametrize("text", ["a red circle", "a purple circle moving right on a white background",
+                                  "a red circle moving sideways on a white background"])
+def test_parser_refuses_other_text(text):
+    with pytest.raises(ValueError, match="caption=|not in the world"):
+        parse_caption(text)
+
+
+def test_shape_stays_inside_the_frame():
+    for direction in DIRECTIONS:
+        (x0, x1), (y0, y1) = start_range(direction)
+        for x, y in ((x0, y0), (x1, y1)):
+            clip = make_clip("blue", "square", direction, (x, y))
+            border = torch.cat([clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1]], dim=1)
+            assert torch.equal(border, torch.ones_like(border)), direction
+
+
+def test_analyser_reads_every_world_clip_right():
+    for scene in sample_scenes(48, seed=3):
+        found = analyse(render(scene))
+        assert all(found.matches(scene.attributes).values()), (scene, found)
+        assert found.coverage == 1.0
+
+
+def test_analyser_track_and_fill():
+    clip = make_clip("green", "circle", "down", (32.0, 14.0))
+    found = analyse(clip)
+    steps = (found.track[1:] - found.track[:-1])
+    assert torch.allclose(steps, torch.tensor([0.0, SPEED]).expand_as(steps), atol=0.05)
+    assert largest_step(found.track) == pytest.approx(SPEED, abs=0.05)
+    assert found.fill == pytest.approx(math.pi / 4, abs=0.05)
+    square = foreground_mask(make_clip("green", "square", "down", (32.0, 14.0)))[0]
+    assert fill_ratio(square) == pytest.approx(1.0, abs=0.02)
+    assert 2 * HALF_SIZE - 1 <= int(square.any(dim=0).sum()) <= 2 * HALF_SIZE + 1
+
+
+def test_shape_rules_tolerate_blur():
+    assert classify_shape(0.99) == "square" and classify_shape(0.88) == "square"
+    assert classify_shape(0.785) == "circle" and classify_shape(0.83) == "circle"
+    assert classify_shape(0.8, depth=0.6) == "triangle" and classify_shape(0.5, depth=0.66) == "triangle"
+    triangle = foreground_mask(make_clip("red", "triangle", "left", (40.0, 30.0)))[0]
+    assert centroid_depth(triangle) == pytest.approx(2 / 3, abs=0.03)
+
+
+def test_calibrated_prototypes_classify_the_world():
+    scenes = sample_scenes(24, seed=5)
+    proto = calibrate([(s.attributes.shape, render(s)) for s in scenes])
+    assert proto.means["square"][0] == pytest.approx(1.0, abs=0.02)
+    assert proto.means["triangle"][1] == pytest.approx(2 / 3, abs=0.03)
+    for scene in sample_scenes(12, seed=6):
+        assert analyse(render(scene), proto).shape == scene.attributes.shape
+
+
+def test_analyser_on_an_empty_clip_and_bad_input():
+    found = analyse(torch.ones(FRAMES, HEIGHT, WIDTH, 3))
+    assert (found.colour, found.shape, found.direction, found.coverage) == (None, None, None, 0.0)
+    with pytest.raises(ValueError, match="clip has shape"):
+        analyse(torch.ones(FRAMES, HEIGHT, WIDTH))
+
+
+# ---- the trained models (cogvideox_core/data/tiny_world), when shipped --------------------
