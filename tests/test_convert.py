@@ -171,22 +171,32 @@ def _converted_in_a_process(src: Path, out: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _big_state() -> dict:
+    """The state dict of a ~250 MB fp32 diffusers transformer (14 heads x 64, 4 layers), seeded."""
+    torch.manual_seed(0)
+    big = CogVideoXTransformer3DModel(num_attention_heads=14, attention_head_dim=64, num_layers=4,
+                                      sample_height=8, sample_width=8, sample_frames=5)
+    return state(big)
+
+
+def _peak_delta(r: dict, what: str) -> int:
+    """Print the RESULT line of the peak-RSS convert report ``r``; the peak over the base RSS."""
+    delta = r["peak"] - r["base"]
+    print(f"RESULT convert{what} peak RSS +{delta / 2**20:.0f} MiB over {r['base'] / 2**20:.0f} MiB after "
+          f"imports, for {r['bytes'] / 2**20:.0f} MiB of weights written in {r['files']} shards of <= 50 MB")
+    return delta
+
+
 def test_peak_rss_while_converting(tmp_path: Path) -> None:
     """A ~250 MB fp32 SAT checkpoint converted to 50 MB shards in a fresh process: the peak RSS
     over the RSS after imports is about one tensor (the largest is 12.8 MB), not a shard."""
     if not Path("/proc/self/status").is_file():
         pytest.skip("peak RSS is read from /proc/self/status (Linux)")
-    torch.manual_seed(0)
-    big = CogVideoXTransformer3DModel(num_attention_heads=14, attention_head_dim=64, num_layers=4,
-                                      sample_height=8, sample_width=8, sample_frames=5)
-    sd = layout_state(state(big), "sat", "model.diffusion_model.", False)
-    del big
+    sd = layout_state(_big_state(), "sat", "model.diffusion_model.", False)
     torch.save({"module": sd}, tmp_path / "mp_rank_00_model_states.pt")
     del sd
     r = _converted_in_a_process(tmp_path / "mp_rank_00_model_states.pt", tmp_path / "out")
-    delta = r["peak"] - r["base"]
-    print(f"RESULT convert peak RSS +{delta / 2**20:.0f} MiB over {r['base'] / 2**20:.0f} MiB after imports, "
-          f"for {r['bytes'] / 2**20:.0f} MiB of weights in {r['files']} shards of <= 50 MB")
+    delta = _peak_delta(r, "")
     assert r["bytes"] > 120 * 2**20 and r["files"] >= 3
     assert delta < 40 * 2**20
 
@@ -318,15 +328,9 @@ def test_peak_rss_while_converting_a_gguf(tmp_path: Path) -> None:
 
     if not Path("/proc/self/status").is_file():
         pytest.skip("peak RSS is read from /proc/self/status (Linux)")
-    torch.manual_seed(0)
-    big = CogVideoXTransformer3DModel(num_attention_heads=14, attention_head_dim=64, num_layers=4,
-                                      sample_height=8, sample_width=8, sample_frames=5)
-    src = write_gguf(tmp_path / "big-Q8_0.gguf", state(big), block_type("Q8_0"))
-    del big
+    src = write_gguf(tmp_path / "big-Q8_0.gguf", _big_state(), block_type("Q8_0"))
     r = _converted_in_a_process(src, tmp_path / "out")
-    delta = r["peak"] - r["base"]
-    print(f"RESULT convert (Q8_0 GGUF -> bf16) peak RSS +{delta / 2**20:.0f} MiB over {r['base'] / 2**20:.0f} MiB "
-          f"after imports, for {r['bytes'] / 2**20:.0f} MiB of weights written in {r['files']} shards of <= 50 MB")
+    delta = _peak_delta(r, " (Q8_0 GGUF -> bf16)")
     assert r["bytes"] > 100 * 2**20 and r["files"] >= 2
     assert delta < 40 * 2**20
 
