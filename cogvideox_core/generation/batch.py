@@ -16,15 +16,15 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .conditioning import ConditioningPlan
-from .pipeline import (GenerateRequest, Models, check_finite, encode_text, latents_to_frames, run_memory,
-                       sample_rows, unscale, validate)
+from .pipeline import (GenerateRequest, Models, encode_text, final_latents, latents_to_frames, progress_callback,
+                       run_memory, sample_rows, validate)
 from ..memory import rows_that_fit
-from ..runtime import Runtime, TorchRuntime, call_progress
+from ..runtime import Runtime, TorchRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -121,24 +121,8 @@ def sample_batches(models: Models, request: GenerateRequest, plan: ConditioningP
         cond = torch.cat([r.cond for r in chunk])
         uncond = None if chunk[0].uncond is None else torch.cat([r.uncond for r in chunk])  # type: ignore[misc]
         scaled = sample_rows(models, request, runtime, plan, cond, uncond, [r.seed for r in chunk],
-                             job_progress(runtime, plan, models, n, len(batches)))
-        check_finite(scaled, "the sampled latents", "check the weights, the dtype, a LoRA's strength or cfg")
-        yield batch, unscale(scaled[:, plan.padding:], models.family), time.monotonic() - start
-
-
-def job_progress(runtime: Runtime, plan: ConditioningPlan, models: Models, batch: int, batches: int
-                 ) -> Callable[[dict[str, Any]], None]:
-    """Sampler callback of batch ``batch`` of ``batches``: progress over the whole job (the
-    preview is the batch's first video), then the interrupt check."""
-
-    def callback(info: dict[str, Any]) -> None:
-        check_finite(info["denoised"], f"the model's prediction at step {info['step'] + 1}/{info['total']}",
-                     "check the weights, the dtype, a LoRA's strength or cfg")
-        preview = unscale(info["denoised"][:1, plan.padding:], models.family)
-        total = info["total"]
-        call_progress(runtime, batch * total + info["step"] + 1, batches * total, preview)
-
-    return callback
+                             progress_callback(runtime, plan, models.family, n, len(batches)))
+        yield batch, final_latents(scaled, plan, models.family), time.monotonic() - start
 
 
 # ---- the job ----------------------------------------------------------------------------------
@@ -186,4 +170,4 @@ def generate_batch(models: Models, request: GenerateRequest, items: Sequence[Bat
 
 
 __all__ = ["BatchItem", "FinishedVideo", "Row", "batch_items", "batch_rows", "encode_items", "generate_batch",
-           "job_progress", "join_prefix", "sample_batches"]
+           "join_prefix", "sample_batches"]

@@ -104,9 +104,14 @@ def generate_latents(models: Models, request: GenerateRequest, runtime: Runtime 
     """Final latents [1, C, F_lat, H_lat, W_lat], unscaled VAE space, padding dropped."""
     runtime = runtime or TorchRuntime(show_progress=False)
     plan = plan or validate(models, request)
-    scaled = sample_latents(models, request, runtime, plan)  # [1, F_total, C, h, w] scaled
+    return final_latents(sample_latents(models, request, runtime, plan), plan, models.family)
+
+
+def final_latents(scaled: torch.Tensor, plan: ConditioningPlan, family: Family) -> torch.Tensor:
+    """The sampler's scaled latents [B, F_total, C, h, w] -> VAE latents [B, C, F_lat, h, w],
+    padding dropped; :class:`~cogvideox_core.errors.NonFiniteError` for NaN/inf."""
     check_finite(scaled, "the sampled latents", _NAN_HINT)
-    return unscale(scaled[:, plan.padding:], models.family)
+    return unscale(scaled[:, plan.padding:], family)
 
 
 def validate(models: Models, request: GenerateRequest) -> ConditioningPlan:
@@ -416,17 +421,19 @@ def _per_branch(model_fn: ModelFn, cache: StepCache, cond: torch.Tensor,
     return keyed
 
 
-def progress_callback(runtime: Runtime, plan: ConditioningPlan, family: Family
-                      ) -> Callable[[dict[str, Any]], None]:
+def progress_callback(runtime: Runtime, plan: ConditioningPlan, family: Family, batch: int = 0,
+                      batches: int = 1) -> Callable[[dict[str, Any]], None]:
     """Sampler callback: ``runtime.progress(step, total, preview)`` then the interrupt check.
-    ``step`` counts completed model calls (1..total); ``preview`` is the predicted clean
-    latents, unscaled [1, C, F_lat, h, w] without padding."""
+    ``step`` counts completed model calls (1..total) over a job of ``batches`` sampling runs of
+    which this is run ``batch``; ``preview`` is the first video's predicted clean latents,
+    unscaled [1, C, F_lat, h, w] without padding."""
 
     def callback(info: dict[str, Any]) -> None:
         step = f"step {info['step'] + 1}/{info['total']}"
         check_finite(info["denoised"], f"the model's prediction at sampling {step}", _NAN_HINT)
-        preview = unscale(info["denoised"][:, plan.padding:], family)
-        call_progress(runtime, info["step"] + 1, info["total"], preview)
+        preview = unscale(info["denoised"][:1, plan.padding:], family)
+        total = info["total"]
+        call_progress(runtime, batch * total + info["step"] + 1, batches * total, preview)
 
     return callback
 
@@ -483,4 +490,4 @@ def latents_to_frames(models: Models, latents: torch.Tensor, runtime: Runtime | 
 
 __all__ = ["Models", "GenerateRequest", "CacheOptions", "generate", "generate_latents", "validate", "encode_text",
            "sample_latents", "sample_rows", "SamplingHooks", "stack_conditioning", "rows_for", "make_conditioning", "initial_latents", "make_model_fn", "make_denoiser",
-           "model_call", "progress_callback", "check_finite", "memory_args", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]
+           "model_call", "progress_callback", "check_finite", "final_latents", "memory_args", "run_memory", "check_memory", "unscale", "decode_latents", "latents_to_frames"]

@@ -15,8 +15,8 @@ import torch
 
 from ..families import Family
 from ..generation.conditioning import ConditioningPlan
-from ..generation.pipeline import (GenerateRequest, Models, check_finite, encode_text, latents_to_frames,
-                                   progress_callback, sample_rows, unscale, validate)
+from ..generation.pipeline import (GenerateRequest, Models, encode_text, final_latents, latents_to_frames,
+                                   progress_callback, sample_rows, validate)
 from ..runtime import Runtime, TorchRuntime
 from .config import ParallelConfig
 from .groups import Mesh
@@ -56,9 +56,6 @@ def sample_latents(models: Models, request: GenerateRequest, runtime: Runtime, p
                        progress_callback(runtime, plan, models.family), hooks=MeshHooks(mesh, runtime))
 
 
-_NAN_HINT = "float16 overflows on the 5B and 1.5 models (use bfloat16 or float32); else check the weights or cfg"
-
-
 def agree(x: torch.Tensor, mesh: Mesh, what: str) -> torch.Tensor:
     """Rank 0's ``x``; a warning on any rank whose own ``x`` differs (never expected: a sign of
     non-deterministic kernels or a different device type between ranks)."""
@@ -78,8 +75,7 @@ def generate_latents(models: Models, request: GenerateRequest, mesh: Mesh, runti
     plan = plan or validate(models, request)
     check_request(models, request, mesh.config)
     scaled = agree(sample_latents(models, request, runtime, plan, mesh), mesh, "the sampled latents")
-    check_finite(scaled, "the sampled latents", _NAN_HINT)
-    return unscale(scaled[:, plan.padding:], models.family)
+    return final_latents(scaled, plan, models.family)
 
 
 @torch.no_grad()
