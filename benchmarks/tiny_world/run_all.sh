@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The whole training as it was run for the shipped files (cogvideox_core/data/tiny_world):
+# The whole training as run for the files it writes to cogvideox_core/data/tiny_world (not shipped yet):
 # the T5 and the VAE, then the latent pool, then the two transformers side by side (one CPU
 # thread each: on a shared 2-core machine one thread per process runs far faster than two),
 # then the evaluation. FROM=pool starts after the VAE; WAIT_PID waits for a running stage first.
-#   nohup nice -n 5 benchmarks/tiny_world/run_all.sh > /tmp/tiny_world_train.log 2>&1 &
+#   nohup nice -n 5 benchmarks/tiny_world/run_all.sh > tiny_world_train.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export OMP_NUM_THREADS=1

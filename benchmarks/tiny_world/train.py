@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import tempfile
 import logging
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--out", type=Path, default=DATA, help="where the model files go")
-    p.add_argument("--work", type=Path, default=Path("/tmp/tiny_world_work"), help="pool cache, eval results")
+    p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tiny_world_work", help="pool cache, eval results")
     for stage, minutes in (("vae", 12.0), ("t2v", 20.0), ("inp", 18.0)):
         p.add_argument(f"--{stage}-minutes", type=float, default=minutes)
         p.add_argument(f"--{stage}-steps", type=int, default=None, help="overrides the minutes")
