@@ -3,11 +3,8 @@
 The background is the median colour of the clip's border pixels; the foreground mask is the
 pixels farther than :data:`THRESHOLD` (RGB distance) from it. Colour: the hue of the mean
 foreground colour, nearest of the world's colours by hue. Shape: the fill ratio of the mask in
-its bounding box, per frame, median over frames (circle pi/4 ~ 0.785, square 1, triangle 0.5),
-nearest prototype; a shape whose mass sits low in its box (the centroid below
-:data:`TRIANGLE_DROP` of the box height) is the triangle (apex up: its centroid is at 2/3 of its
-height, the circle's and square's at 1/2), a cue that survives the blur a tiny VAE adds, which
-pulls every fill ratio towards the circle's. Motion: the track of the mask's centroid; the direction is the larger axis
+its bounding box, per frame, median over frames (circle pi/4 ~ 0.785, square 1): square from
+:data:`SQUARE_FILL` (blur rounds the corners), or the nearest of calibrated prototypes. Motion: the track of the mask's centroid; the direction is the larger axis
 of the displacement from the first to the last frame with a mask, if it moved at least
 :data:`MIN_TRAVEL` pixels. The track is kept for seam and jump checks (:func:`largest_step`).
 """
@@ -23,9 +20,8 @@ from .world import COLOURS, Attributes
 THRESHOLD = 0.35  # RGB distance from the background that counts as foreground
 MIN_PIXELS = 8  # a frame with fewer foreground pixels has no shape in it
 MIN_TRAVEL = 4.0  # px: less displacement over the clip is "still"
-SHAPE_FILL = {"triangle": 0.5, "circle": math.pi / 4, "square": 1.0}
+SHAPE_FILL = {"circle": math.pi / 4, "square": 1.0}
 SQUARE_FILL = 0.86  # fill ratio from which a round-or-square shape is the square (blur rounds corners)
-TRIANGLE_DROP = 0.56  # centroid depth in the bounding box (0 top, 1 bottom) from which it is the triangle
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def fill_ratio(frame_mask: torch.Tensor) -> float | None:
 
 def centroid_depth(frame_mask: torch.Tensor) -> float | None:
     """Where the mask's centroid sits in its bounding box, 0 at the top, 1 at the bottom (0.5 for
-    a circle or square, 2/3 for the apex-up triangle); None if nearly empty."""
+    a circle or square); None if nearly empty."""
     box = _box(frame_mask)
     if box is None:
         return None
@@ -152,14 +148,11 @@ def calibrate(pairs: list[tuple[str, torch.Tensor]]) -> Prototypes:
 
 
 def classify_shape(fill: float, depth: float = 0.5, prototypes: Prototypes | None = None) -> str:
-    """With ``prototypes``: the nearest one. Else: triangle if the centroid ``depth`` in the box
-    is at least :data:`TRIANGLE_DROP`, else square from a ``fill`` ratio of
-    :data:`SQUARE_FILL`, else circle."""
+    """With ``prototypes``: the nearest one (by ``fill`` and ``depth``). Else square from a
+    ``fill`` ratio of :data:`SQUARE_FILL`, else circle."""
     if prototypes is not None:
         (sf, sd), means = prototypes.std, prototypes.means
         return min(means, key=lambda k: ((fill - means[k][0]) / sf) ** 2 + ((depth - means[k][1]) / sd) ** 2)
-    if depth >= TRIANGLE_DROP:
-        return "triangle"
     return "square" if fill >= SQUARE_FILL else "circle"
 
 

@@ -41,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.add_argument(f"--{stage}-minutes", type=float, default=minutes)
         p.add_argument(f"--{stage}-steps", type=int, default=None, help="overrides the minutes")
     p.add_argument("--vae-init", type=Path, help="continue training from this VAE folder")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="t2v/inp: continue from the transformer saved in --out (seed + --round)")
+    p.add_argument("--round", type=int, default=0, help="added to a continued transformer stage's seed")
     p.add_argument("--vae-round", type=int, default=0, help="added to the VAE stage's seed (a continued run)")
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--shape-weight", type=float, default=10.0, help="VAE loss weight of the shape's pixels")
@@ -130,10 +133,11 @@ def stage_transformer(args: argparse.Namespace, kind: str) -> dict:
     fam = family(kind, Size(args.heads, args.head_dim, args.layers))
     budget = Budget(getattr(args, f"{kind}_minutes"), getattr(args, f"{kind}_steps"))
     pool = Pool.load(args.work / "pool.pt")
-    seed = args.seed + (10 if kind == "t2v" else 20)
+    seed = args.seed + (10 if kind == "t2v" else 20) + 100 * args.round
     root = args.out if kind == "t2v" else args.out / kind
+    init = load_models(kind, args.out).transformer if args.resume else None
     model, summary = train_transformer(fam, pool, budget, seed, args.batch, args.lr,
-                                       save=lambda m: save_transformer(m, fam, root))
+                                       save=lambda m: save_transformer(m, fam, root), init=init)
     save_transformer(model, fam, root)
     summary["params"] = sum(p.numel() for p in model.parameters())
     return summary

@@ -69,12 +69,16 @@ class Batches:
 
 
 def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, batch: int = 16,
-                      lr: float = 1e-3, save: Callable[[nn.Module], object] | None = None
-                      ) -> tuple[CogVideoXTransformer, dict]:
-    """The EMA weights of a :class:`CogVideoXTransformer` of ``family`` trained on ``pool``;
-    ``save(ema_model)`` is called every few minutes (so a run cut short leaves its weights)."""
+                      lr: float = 1e-3, save: Callable[[nn.Module], object] | None = None,
+                      init: nn.Module | None = None) -> tuple[CogVideoXTransformer, dict]:
+    """The EMA weights of a :class:`CogVideoXTransformer` of ``family`` trained on ``pool``
+    (from ``init``'s weights when given: a continued run); ``save(ema_model)`` is called every
+    few minutes (so a run cut short leaves its weights)."""
     torch.manual_seed(seed)
-    model = init_random(CogVideoXTransformer(family.transformer), seed).train()
+    model = init_random(CogVideoXTransformer(family.transformer), seed)
+    if init is not None:
+        model.load_state_dict({k: v.float() for k, v in init.state_dict().items()})
+    model.train()
     ema = EMA(model, EMA_DECAY)
     opt = make_optimizer(model.parameters(), lr)
     batches = Batches(pool, family, batch, seed)

@@ -16,18 +16,17 @@ from typing import Sequence
 
 import torch
 
-FRAMES, HEIGHT, WIDTH = 17, 64, 64  # 5 latent frames of 8x8: the trained clip
-HALF_SIZE = 8.0  # px: circle radius, half the square's side, half the triangle's base and height
-SPEED = 2.0  # px per frame
+FRAMES, HEIGHT, WIDTH = 17, 64, 96  # 5 latent frames of 8x12 (CogVideoX's 2:3 frame): the trained clip
+HALF_SIZE = 10.0  # px: circle radius, half the square's side
+SPEED = 1.0  # px per frame: 64 frames (4x the clip) still cross the frame without leaving it
 MARGIN = 1.0  # px kept free between the shape and the frame's edge
 SUPERSAMPLE = 4  # samples per pixel and axis (anti-aliasing)
 
 COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.90, 0.10, 0.10), "green": (0.10, 0.70, 0.15), "blue": (0.10, 0.20, 0.90),
-    "yellow": (0.95, 0.80, 0.05),
 }
 BACKGROUNDS: dict[str, tuple[float, float, float]] = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0)}
-SHAPES = ("circle", "square", "triangle")
+SHAPES = ("circle", "square")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 _CAPTION = re.compile(r"^an? (\w+) (\w+) moving (\w+) on an? (\w+) background$")
 
@@ -126,8 +125,6 @@ def _inside(shape: str, dx: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
         return dx * dx + dy * dy <= r * r
     if shape == "square":
         return (dx.abs() <= r) & (dy.abs() <= r)
-    if shape == "triangle":  # apex up, base down: half-width grows from 0 at dy=-r to r at dy=r
-        return (dy.abs() <= r) & (dx.abs() <= (dy + r) / 2)
     raise ValueError(f"shape={shape!r}; known: {', '.join(SHAPES)}")
 
 
