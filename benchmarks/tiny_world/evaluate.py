@@ -124,3 +124,44 @@ def vae_rates(vae, n: int = 48, seed: int = 99) -> dict[str, float]:
 
 
 __all__ = ["Case", "cases", "request", "vae_prototypes", "t2v_rates", "inp_rates", "vae_rates"]
+
+
+# ---- long videos and LoRAs (tests/test_tiny_world_models.py) ---------------------------------
+
+def other_colour_cases(colour: str, n: int = 8, seed: int = 1234) -> list[Case]:
+    """The first ``n`` of :func:`cases` (same seed: the same pairs as :func:`t2v_rates`) whose
+    prompt names a colour other than ``colour``."""
+    return [c for c in cases(8 * n, seed) if parse_caption(c.prompt).colour != colour][:n]
+
+
+def colour_share(models: Models, colour: str, run_cases: list[Case], steps: int = 20,
+                 cfg: float = 6.0) -> float:
+    """Share of the videos of ``run_cases`` whose shape the analyser reads as ``colour``."""
+    hits = 0
+    for case in run_cases:
+        found = analyse(generate(models, request(case, steps, cfg)))
+        hits += found.colour == colour
+        logger.info("%s seed %d: %s (hue %s)", case.prompt, case.seed, found.colour, found.hue)
+    return hits / max(1, len(run_cases))
+
+
+def lora_colour_shift(models: Models, path, colour: str, n: int = 8, strength: float = 1.0,
+                      steps: int = 20, cfg: float = 6.0, seed: int = 1234) -> dict[str, float]:
+    """Share of ``colour`` videos for prompts of other colours without and with the LoRA file at
+    ``path`` merged into the text-to-video transformer at ``strength`` (restored after)."""
+    from .train_lora import merged_lora
+
+    run_cases = other_colour_cases(colour, n, seed)
+    without = colour_share(models, colour, run_cases, steps, cfg)
+    with merged_lora(models.transformer, path, strength):
+        with_lora = colour_share(models, colour, run_cases, steps, cfg)
+    return {"without": without, "with": with_lora, "n": float(len(run_cases))}
+
+
+def seam_steps(track: torch.Tensor, seams: list[int]) -> list[float]:
+    """Centroid move (px) across each seam frame index s (from frame s - 1 to s) of ``track``
+    [F, 2]; NaN where either frame has no shape."""
+    return [float((track[s] - track[s - 1]).norm()) for s in seams]
+
+
+__all__ += ["other_colour_cases", "colour_share", "lora_colour_shift", "seam_steps"]
