@@ -1,15 +1,37 @@
-"""The ``demo`` command's work: a tiny random model of a real family (:mod:`cogvideox_core.tiny`)
-through the whole chain, prompt -> sampling -> decode -> mp4."""
+"""The ``demo`` command's work: the tiny models trained on a synthetic world of moving shapes and
+shipped in ``cogvideox_core/data/tiny_world`` (a 2B-architecture text-to-video model, a Fun-2B InP
+model for start/end images, their VAE and T5; trained by ``benchmarks/tiny_world/train.py``) run
+through ``generate``, every flag of it; or, with ``--random``, a tiny random model of any family
+(:mod:`cogvideox_core.tiny`) through the whole chain. The constants load with the CLI's parser;
+the models and the pipeline only inside the commands."""
 from __future__ import annotations
 
+import argparse
+import math
 import time
 from pathlib import Path
 
-from ..families import get_family
-from ..generation.pipeline import GenerateRequest, generate
-from ..runtime import TorchRuntime
-from ..tiny import demo_inputs, random_models
-from ..video_io import write_frames
+TRAINED = Path(__file__).resolve().parents[1] / "data" / "tiny_world"
+# What the trained models' world has (benchmarks/tiny_world/world.py, which the core never imports;
+# tests/test_demo.py checks the two agree).
+WORLD: dict[str, tuple[str, ...]] = {
+    "colour": ("red", "green", "blue"), "shape": ("circle", "square"),
+    "direction": ("left", "right", "up", "down"), "background": ("white",)}
+DEFAULT_PROMPT = "a red circle moving right on a white background"
+TRAINED_SIZE = {"frames": 17, "height": 64, "width": 96}  # the clips it was trained on
+DEFAULT_STEPS = 20
+DEFAULT_CFG = 6.0
+RANDOM_SIZE = {"frames": 25, "height": 96, "width": 160}  # --random's default
+INP_FLAGS = ("image", "end_image")  # given: the Fun InP model
+
+
+def _one_of(words: tuple[str, ...]) -> str:
+    return words[0] if len(words) == 1 else f"<{'|'.join(words)}>"
+
+
+PROMPT_HELP = (f"default: '{DEFAULT_PROMPT}'; the tiny models learned 'a {_one_of(WORLD['colour'])} "
+               f"{_one_of(WORLD['shape'])} moving {_one_of(WORLD['direction'])} on a "
+               f"{_one_of(WORLD['background'])} background' (other prompts run, meaning little to them)")
 
 
 def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames: int = 25,
@@ -18,6 +40,11 @@ def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames:
     """Build a tiny random ``family`` model in memory and run the whole chain: prompt,
     sampling, decode, mp4 (or ``.safetensors``); ``context``: a
     :class:`~cogvideox_core.sampling.windows.ContextOptions` for long videos. Returns what it did."""
+    from ..families import get_family
+    from ..generation.pipeline import GenerateRequest, generate
+    from ..runtime import TorchRuntime
+    from ..tiny import demo_inputs, random_models
+    from ..video_io import write_frames
 
     start = time.monotonic()
     small = get_family(family).fixed_size is not None  # 5B-I2V: a 64x96 table, not 480x720
@@ -38,4 +65,75 @@ def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames:
             "seconds": round(time.monotonic() - start, 2)}
 
 
-__all__ = ["run_demo"]
+def check_flags(args: argparse.Namespace) -> None:
+    """The demo's own refusals, one ``ValueError`` line naming the flag, before anything loads
+    (``generate`` judges the rest, also before loading)."""
+    from .preflight import check_suffix, flag
+
+    check_suffix(args.out)
+    given = [name for name in INP_FLAGS if getattr(args, name) is not None]
+    if args.random:
+        if args.extend_chunks > 1:
+            given.append("extend_chunks")
+        if given:
+            value = getattr(args, given[0])
+            raise ValueError(f"{flag(given[0])} {value} with --random: the random models take no images "
+                             "and no chain; drop --random (the trained Fun InP model takes --image, "
+                             "--end-image and --extend-chunks)")
+        return
+    if args.family is not None:
+        raise ValueError(f"--family {args.family}: only with --random (the trained models are one 2B "
+                         "text-to-video and one Fun-2B InP model)")
+    for name in given:
+        path = Path(getattr(args, name)).expanduser()
+        if not path.is_file():
+            raise ValueError(f"{flag(name)} {getattr(args, name)}: "
+                             f"{'is a folder' if path.is_dir() else 'no such file'}; give an image file")
+
+
+def trained_model(args: argparse.Namespace) -> Path:
+    """The shipped model root the demo runs: the Fun InP one for images or a chain, else the
+    text-to-video one."""
+    inp = any(getattr(args, name) is not None for name in INP_FLAGS) or args.extend_chunks > 1
+    model = TRAINED / "inp" if inp else TRAINED
+    if not (model / "transformer" / "config.json").is_file():
+        raise ValueError(f"the trained tiny models are not in {TRAINED} (a partial checkout?): "
+                         "use --random, or train them with benchmarks/tiny_world/train.py")
+    return model
+
+
+def trained_generate_argv(args: argparse.Namespace) -> list[str]:
+    """``generate``'s command line for the shipped tiny models: :func:`trained_model`, the shared
+    VAE and T5, the trained clip's size unless given, the demo's flags passed on."""
+    size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in TRAINED_SIZE.items()}
+    argv = ["generate", "--model", str(trained_model(args)), "--vae", str(TRAINED / "vae"),
+            "--text-encoder", str(TRAINED / "text_encoder"), f"--prompt={args.prompt}",
+            *(f"--{k}={v}" for k, v in size.items()), f"--steps={args.steps}", f"--cfg={args.cfg}",
+            f"--seed={args.seed}", "--device=cpu", "--dtype=float32", f"--out={args.out}",
+            f"--extend-chunks={args.extend_chunks}", f"--extend-overlap={args.extend_overlap}",
+            f"--colour-match={args.colour_match}"]
+    for name in INP_FLAGS:
+        if getattr(args, name) is not None:
+            argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
+    if args.context_frames is not None:
+        argv += [f"--context-frames={args.context_frames}", f"--context-overlap={args.context_overlap}",
+                 f"--context-schedule={args.context_schedule}", f"--context-weights={args.context_weights}",
+                 f"--context-batch={args.context_batch}"]
+    return argv
+
+
+def describe_trained(gen: argparse.Namespace) -> str:
+    """The demo's line on the model ``generate`` will run (headers only)."""
+    from ..loading.weights import inspect_path
+
+    info = inspect_path(gen.model)
+    params = sum(math.prod(e.shape) for e in info.components["transformer"].index.values())
+    kind = "start/end-frame (Fun InP)" if Path(gen.model) != TRAINED else "text-to-video"
+    where = Path(gen.model).relative_to(TRAINED.parents[2])
+    return (f"demo: tiny {info.family} {kind} model trained on moving shapes ({params:,} transformer "
+            f"parameters, {where}), {gen.steps} steps, cfg {gen.cfg:g}: '{gen.prompt}'")
+
+
+__all__ = ["run_demo", "check_flags", "trained_model", "trained_generate_argv", "describe_trained",
+           "TRAINED", "WORLD", "DEFAULT_PROMPT", "PROMPT_HELP", "TRAINED_SIZE", "RANDOM_SIZE",
+           "DEFAULT_STEPS", "DEFAULT_CFG"]

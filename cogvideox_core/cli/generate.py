@@ -5,8 +5,9 @@
 against the family read from the file headers before any weights load; ``--out`` is an ``.mp4``
 (H.264 at the family's frame rate) or a ``.safetensors`` of the frames (key ``frames``, float32
 0..1, [F, H, W, C]). Long videos: ``--context-*`` (windows in one run) and ``--extend-*`` (a
-chain of generations), which combine. ``demo`` runs a tiny random model of a real family through
-the whole chain. Heavy modules are imported inside the commands, so ``info`` stays instant.
+chain of generations), which combine. ``demo`` runs ``generate`` on the tiny models trained on
+moving shapes and shipped in the pack (``--random``: a tiny random model of any family through the
+whole chain). Heavy modules are imported inside the commands, so ``info`` stays instant.
 """
 from __future__ import annotations
 
@@ -408,36 +409,63 @@ def _generate(models, request, runtime, chain=None):
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from ..families import FAMILY_NAMES
+    from ..sampling.windows import SCHEDULES, WEIGHTS
+    from .demo import DEFAULT_CFG, DEFAULT_PROMPT, DEFAULT_STEPS, PROMPT_HELP, RANDOM_SIZE, TRAINED_SIZE
 
-    p = sub.add_parser("demo", help="run the whole chain on a tiny random model (seconds, CPU)",
-                       description="Build a tiny random model of a real family in memory and run "
-                                   "prompt -> sampling -> decode -> mp4.")
+    p = sub.add_parser("demo", help="make a video with the tiny models shipped in the pack (seconds, CPU)",
+                       description="Run prompt -> sampling -> decode -> mp4 on the tiny CogVideoX models "
+                                   "trained on a synthetic world of moving shapes and shipped in the pack "
+                                   "(cogvideox_core/data/tiny_world: text-to-video, and Fun InP for "
+                                   "--image/--end-image/--extend-chunks) through `generate`; --random: a "
+                                   "tiny random model of any family.")
     p.add_argument("--out", default="cogvideox_demo.mp4", help="output .mp4 or .safetensors")
-    p.add_argument("--family", default="5b", choices=FAMILY_NAMES)
-    p.add_argument("--frames", type=int, default=25)
-    p.add_argument("--height", type=int, default=96)
-    p.add_argument("--width", type=int, default=160)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help=PROMPT_HELP)
+    p.add_argument("--image", help="start image (the Fun InP tiny model)")
+    p.add_argument("--end-image", help="end image (the Fun InP tiny model)")
+    p.add_argument("--random", action="store_true", help="a tiny random model of --family instead (noise: "
+                   "the code path only)")
+    p.add_argument("--family", choices=FAMILY_NAMES, help="with --random (default 5b)")
+    for name in ("frames", "height", "width"):
+        p.add_argument(f"--{name}", type=int, help=f"default: {TRAINED_SIZE[name]} (the trained clip), "
+                       f"{RANDOM_SIZE[name]} with --random")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="guidance scale (the trained models)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: a tiny model's "
                    "ops are too small to share, and a busy machine makes extra threads spin)")
     p.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
-    p.add_argument("--context-overlap", type=int, default=16, help="context window overlap in frames")
-    p.add_argument("--context-schedule", default="static", help="static, uniform or looped")
-    p.add_argument("--context-weights", default="pyramid", help="flat or pyramid")
+    p.add_argument("--context-overlap", type=int, default=8, help="context window overlap in frames")
+    p.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static")
+    p.add_argument("--context-weights", choices=tuple(WEIGHTS), default="pyramid")
     p.add_argument("--context-batch", type=int, default=1, help="windows per model call")
+    p.add_argument("--extend-chunks", type=int, default=1, help="chained extension (the Fun InP tiny model)")
+    p.add_argument("--extend-overlap", type=int, default=4, help="frames shared by chained chunks")
+    p.add_argument("--colour-match", type=float, default=1.0, help="match chunk colours, 0..1")
     p.set_defaults(run=run_demo)
+
+
+def _generate_parser() -> argparse.ArgumentParser:
+    """A parser of this module's commands alone (the demo's ``generate`` command line)."""
+    parser = argparse.ArgumentParser(prog="python -m cogvideox_core")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
 
 
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo import run_demo as demo
+    from .demo import RANDOM_SIZE, check_flags, describe_trained, run_demo as demo, trained_generate_argv
 
-    preflight.check_suffix(args.out)
+    check_flags(args)
     torch.set_num_threads(max(1, args.threads))
-    info = demo(args.out, family=args.family, frames=args.frames, height=args.height,
-                width=args.width, steps=args.steps, seed=args.seed, context=_context(args))
+    if not args.random:
+        gen = _generate_parser().parse_args(trained_generate_argv(args))
+        preflight.check_numbers(gen)  # before the line on what runs
+        sys.stdout.write(describe_trained(gen) + "\n")
+        return run_generate(gen)
+    size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in RANDOM_SIZE.items()}
+    info = demo(args.out, family=args.family or "5b", steps=args.steps, seed=args.seed,
+                context=_context(args), **size)
     sys.stdout.write(f"demo: tiny random {info['family']} model ({info['transformer_params']:,} "
                      f"transformer parameters), {info['steps']} {info['sampler']} steps\n"
                      f"wrote {info['out']} ({info['frames']} frames, {info['width']}x{info['height']}, "
