@@ -28,6 +28,8 @@ MODEL_DTYPES = ("auto", *COMPUTE_DTYPES, *FP8_DTYPES, *INT8_DTYPES)
 VAE_DTYPES = ("auto", *COMPUTE_DTYPES)
 T5_DTYPES = ("auto", *COMPUTE_DTYPES, "fp8_e4m3fn")
 ATTENTION = ("auto", "comfy", "sdpa")
+SHIPPED_TIP = (" Last in the list: the tiny demo models shipped with the pack (named '... (shipped demo)', "
+               "trained on a world of one coloured shape moving on white; nothing to download).")
 
 
 def resolve_dtype(name: str, value: str, allowed: tuple[str, ...], role: str) -> tuple[torch.dtype, torch.dtype | None]:
@@ -55,7 +57,8 @@ class CogVideoXModelLoader:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": tip(host.list_models("transformer"), "A diffusers folder (from models/CogVideo, "
-                         "CogVideoX_Fun, Fun_Models) or a single transformer file (models/diffusion_models)."),
+                         "CogVideoX_Fun, Fun_Models) or a single transformer file (models/diffusion_models)."
+                         + SHIPPED_TIP),
             "weight_dtype": tip(list(MODEL_DTYPES), "Weight storage: auto = bf16 where supported, else "
                                 "fp32; fp8 stores the block weights in fp8 (half the memory), computed in auto; "
                                 "int8 stores them as 8-bit integers with one scale per output channel (about "
@@ -96,7 +99,7 @@ class CogVideoXVAELoader:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "vae": tip(host.list_models("vae"), "A CogVideoX VAE file or folder, or a diffusers model "
-                       "folder (its vae/ is used)."),
+                       "folder (its vae/ is used)." + SHIPPED_TIP),
             "dtype": tip(list(VAE_DTYPES), "auto = bf16 where supported, else fp32."),
         }}
 
@@ -120,7 +123,7 @@ class CogVideoXT5Loader:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "t5": tip(host.list_models("text_encoder"), "T5-XXL encoder weights (file or folder), or a "
-                      "diffusers model folder (its text_encoder/ and tokenizer/ are used)."),
+                      "diffusers model folder (its text_encoder/ and tokenizer/ are used)." + SHIPPED_TIP),
             "dtype": tip(list(T5_DTYPES), "auto = bf16 where supported, else fp32; fp8_e4m3fn stores the "
                          "projection weights in fp8."),
         }}

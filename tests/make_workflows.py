@@ -295,6 +295,62 @@ def batch_prompts() -> tuple[list[N], str]:
     return nodes, note
 
 
+TINY_WORLD_T2V_PROMPT = "a blue square moving left on a white background"
+TINY_WORLD_INP_PROMPT = "a red circle moving right on a white background"
+TINY_WORLD_IMAGES = ("tiny_world_start_frame.png", "tiny_world_end_frame.png")  # in workflows/: frames 0 and 16
+TINY_WORLD_SIZE = {"width": 96, "height": 64, "frames": 17}  # the trained clips
+TINY_WORLD_SAMPLING = {"seed": 0, "steps": 20, "cfg": 6.0}
+
+
+def _tiny_world_names() -> tuple[str, str]:
+    """(text-to-video, Fun InP) dropdown names of the shipped tiny-world models."""
+    load_pack()
+    folders = sys.modules["cogvideox_pack.nodes.host.folders"]
+    return folders.TINY_WORLD_NAME, folders.TINY_WORLD_INP_NAME
+
+
+def _tiny_world(model: str, prompt: str) -> list[N]:
+    """Loaders of a shipped tiny-world model (with the shipped VAE and T5) and the prompt."""
+    shared = _tiny_world_names()[0]
+    return [N("model", "CogVideoXModelLoader", 0, 0, {"model": model}),
+            N("vae", "CogVideoXVAELoader", 0, 1, {"vae": shared}),
+            N("t5", "CogVideoXT5Loader", 0, 2, {"t5": shared}),
+            N("text", "CogVideoXTextEncode", 1, 2, {"positive": prompt, "negative": ""}, {"t5": ("t5", 0)})]
+
+
+def _tiny_world_note(what: str) -> str:
+    return (f"Tiny-world demo, {what}: tiny models trained on a synthetic world of one coloured shape "
+            "moving on a white background, 96x64, 17 frames at 8 fps, 20 steps: seconds on a CPU. They ship "
+            "inside the pack (cogvideox_core/data/tiny_world): the loaders list them last, named "
+            "'... (shipped demo)'; nothing to download, nothing to put in ComfyUI/models/. Prompts take "
+            "the form 'a <red|green|blue> <circle|square> moving <left|right|up|down> on a white "
+            "background': the models know nothing else.")
+
+
+def tiny_world_text_to_video() -> tuple[list[N], str]:
+    tail = _tail(("latent", 0), ("text", 0), TINY_WORLD_SAMPLING)
+    tail[-1].widgets = {"filename_prefix": "CogVideoX_tiny_world", "frame_rate": 8.0}
+    nodes = [*_tiny_world(_tiny_world_names()[0], TINY_WORLD_T2V_PROMPT),
+             N("latent", "CogVideoXEmptyLatent", 1, 0, TINY_WORLD_SIZE), *tail]
+    return nodes, _tiny_world_note("text-to-video")
+
+
+def tiny_world_start_end() -> tuple[list[N], str]:
+    start, end = TINY_WORLD_IMAGES
+    tail = _tail(("inp", 1), ("inp", 0), TINY_WORLD_SAMPLING)
+    tail[-1].widgets = {"filename_prefix": "CogVideoX_tiny_world_inp", "frame_rate": 8.0}
+    nodes = [*_tiny_world(_tiny_world_names()[1], TINY_WORLD_INP_PROMPT),
+             N("start", "LoadImage", 1, 0, [start, "image"], title="Start frame"),
+             N("end", "LoadImage", 1, 1, [end, "image"], title="End frame"),
+             N("inp", "CogVideoXFunInpaint", 2, 1, TINY_WORLD_SIZE,
+               {"conditioning": ("text", 0), "vae": ("vae", 0), "start_images": ("start", 0),
+                "end_image": ("end", 0)}), *tail]
+    note = (_tiny_world_note("start and end frames with the Fun InP model") + f" Copy {start} and {end} "
+            "(frames 0 and 16 of a red circle moving right) from the pack's workflows/ folder into "
+            "ComfyUI/input, or load two frames of your own at 96x64.")
+    return nodes, note
+
+
 WORKFLOWS = {
     "cogvideox_2b_text_to_video": lambda: text_to_video("CogVideoX-2b", "ddim", "2B"),
     "cogvideox_5b_text_to_video": lambda: text_to_video("CogVideoX-5b", "dpm", "5B"),
@@ -305,6 +361,8 @@ WORKFLOWS = {
     "cogvideox_video_to_video_core_nodes": video_to_video_core_nodes,
     "cogvideox_chained_extension": chained_extension,
     "cogvideox_batch_prompts": batch_prompts,
+    "cogvideox_tiny_world_text_to_video": tiny_world_text_to_video,
+    "cogvideox_tiny_world_start_end_frames": tiny_world_start_end,
 }
 
 

@@ -27,6 +27,7 @@ def gguf_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
     (tmp_path / "vae").mkdir()
     (tmp_path / "vae" / "not_a_vae.gguf").write_bytes(b"GGUF")
     monkeypatch.setattr(host.folders, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(host.folders, "SHIPPED", ())  # the user's folders only
     with pytest.MonkeyPatch.context() as mp:
         node_host.install(mp, host)
         yield tmp_path

@@ -176,6 +176,7 @@ def test_single_files_in_subfolders_are_listed_as_files(tmp_path: Path, models_d
     (tmp_path / "CogVideo" / "top.safetensors").write_bytes(b"")
     shutil.copytree(models_dir / "vae" / "cogvideox_vae_tiny", tmp_path / "vae" / "tiny")
     monkeypatch.setattr(host.folders, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(host.folders, "SHIPPED", ())  # the user's folders only (shipped: test_host_tiny_world)
     assert host.list_models("vae") == ["cogvideo/a.safetensors", "cogvideo/b.safetensors", "tiny"]
     assert host.list_models("lora") == ["reward.safetensors"]  # models/CogVideo/loras
     assert host.list_models("transformer") == ["top.safetensors"]

@@ -29,6 +29,7 @@ def sat_models(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     (tmp_path / "loras").mkdir()
     (tmp_path / "loras" / "not_a_lora.pt").write_bytes(b"")
     monkeypatch.setattr(host.folders, "MODELS_DIR", str(tmp_path))
+    monkeypatch.setattr(host.folders, "SHIPPED", ())  # the user's folders only
     with pytest.MonkeyPatch.context() as mp:
         node_host.install(mp, host)
         yield tmp_path

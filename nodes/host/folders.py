@@ -2,12 +2,14 @@
 ``MODELS_DIR`` / ``OUTPUT_DIR`` set here (tests) or the ``COGVIDEOX_*_DIR`` variables.
 
 Dropdowns list diffusers folders by folder name and single files by relative path, from every
-folder a CogVideoX user may already have them in (DESIGN.md "Model folders").
+folder a CogVideoX user may already have them in (DESIGN.md "Model folders"), then the demo
+models shipped inside the pack (:data:`SHIPPED`), found where they are: nothing to copy.
 """
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,32 @@ KIND_FOLDERS: dict[str, tuple[str, ...]] = {
 REGISTERED = {**{k: k for k in MODEL_FAMILY_FOLDERS}, "diffusion_models": "diffusion_models",
               "text_encoders": "text_encoders", "loras": "loras", "vae": "vae",
               "cogvideox_loras": os.path.join("CogVideo", "loras")}
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A model shipped inside the pack: its dropdown ``name`` for ``kind``, the ``path`` the
+    loader gets, and the ``weights`` folder that must hold weights for it to be listed."""
+
+    kind: str
+    name: str
+    path: Path
+    weights: Path
+
+
+# The tiny demo models trained on benchmarks/tiny_world (one coloured shape moving on white,
+# 17 frames at 96x64): a text-to-video root and a Fun InP root (each with its scheduler/), and
+# the VAE and T5 both use. Listed after the user's models, when their weights are present.
+TINY_WORLD = Path(__file__).resolve().parents[2] / "cogvideox_core" / "data" / "tiny_world"
+TINY_WORLD_NAME = "cogvideox-tiny-world (shipped demo)"
+TINY_WORLD_INP_NAME = "cogvideox-tiny-world-inp (shipped demo)"
+SHIPPED: tuple[Shipped, ...] = (
+    Shipped("transformer", TINY_WORLD_NAME, TINY_WORLD, TINY_WORLD / "transformer"),
+    Shipped("transformer", TINY_WORLD_INP_NAME, TINY_WORLD / "inp", TINY_WORLD / "inp" / "transformer"),
+    Shipped("vae", TINY_WORLD_NAME, TINY_WORLD / "vae", TINY_WORLD / "vae"),
+    Shipped("text_encoder", TINY_WORLD_NAME, TINY_WORLD / "text_encoder", TINY_WORLD / "text_encoder"),
+)
+
 # Roots without ComfyUI (tests set these; else COGVIDEOX_MODELS_DIR / COGVIDEOX_OUTPUT_DIR).
 MODELS_DIR: str | None = None
 OUTPUT_DIR: str | None = None
@@ -136,17 +164,28 @@ def _file_extensions(kind: str) -> tuple[str, ...]:
     return WEIGHT_EXTENSIONS + CHECKPOINT_EXTENSIONS + gguf if kind in ("transformer", "vae") else WEIGHT_EXTENSIONS
 
 
+def shipped_models(kind: str) -> dict[str, Path]:
+    """The shipped models of ``kind`` whose weights are present: dropdown name -> path."""
+    return {s.name: s.path for s in SHIPPED
+            if s.kind == kind and (s.weights / "config.json").is_file() and _has_weights(s.weights)}
+
+
 def list_models(kind: str) -> list[str]:
     """Dropdown entries for ``kind`` (transformer, vae, text_encoder, lora): diffusers folders by
-    folder name and single files by relative path, from every folder of :data:`KIND_FOLDERS`."""
+    folder name and single files by relative path, from every folder of :data:`KIND_FOLDERS`,
+    then the shipped demo models (:func:`shipped_models`)."""
     names: set[str] = set()
     for key, base in _kind_bases(kind):
         names.update(_scan(base, kind, key in MODEL_FAMILY_FOLDERS))
-    return sorted(names, key=str.lower)
+    return sorted(names, key=str.lower) + [n for n in shipped_models(kind) if n not in names]
 
 
 def model_path(kind: str, name: str, input_name: str) -> Path:
-    """The path of the dropdown entry ``name``; a ValueError naming the input otherwise."""
+    """The path of the dropdown entry ``name`` (a shipped model's name first); a ValueError
+    naming the input otherwise."""
+    shipped = shipped_models(kind)
+    if name in shipped:
+        return shipped[name]
     rel = os.path.normpath("/" + name).lstrip("/")  # no escaping the folder with ../
     bases = _kind_bases(kind)
     for _key, base in bases:
