@@ -68,6 +68,18 @@ class Batches:
         return self.scale * out
 
 
+def v_step(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, trained: nn.Module) -> float:
+    """One optimiser step of the v-prediction MSE on a fresh batch, gradients of ``trained``'s
+    parameters clipped to norm 1; returns the loss."""
+    x, t, text, v = batches.draw()
+    loss = (model(x, t, text) - v).pow(2).mean()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
+
+
 def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, batch: int = 16,
                       lr: float = 1e-3, save: Callable[[nn.Module], object] | None = None,
                       init: nn.Module | None = None) -> tuple[CogVideoXTransformer, dict]:
@@ -85,14 +97,9 @@ def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, bat
     name = "t2v" if family.conditioning == "t2v" else "inp"
 
     def step(i: int) -> dict[str, float]:
-        x, t, text, v = batches.draw()
-        loss = (model(x, t, text) - v).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        loss = v_step(model, batches, opt, model)
         ema.update(model, i)
-        return {"loss": float(loss.detach())}
+        return {"loss": loss}
 
     def checkpoint(i: int) -> None:
         if save is not None:
@@ -103,4 +110,4 @@ def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, bat
     return ema.model, summary
 
 
-__all__ = ["Batches", "train_transformer", "UNCOND_SHARE"]
+__all__ = ["Batches", "v_step", "train_transformer", "UNCOND_SHARE"]

@@ -134,7 +134,7 @@ def train_lora(models, colour: str = "blue", minutes: float = 3.0, steps: int | 
     """Train a LoRA of ``rank`` on ``models`` (the text-to-video pipeline Models) so that every
     shape comes out ``colour``; returns the adapters (still hooked on ``models.transformer``:
     call ``remove()``) and the loop's summary (steps, minutes, last loss) with the loss curve."""
-    from .train_dit import Batches
+    from .train_dit import Batches, v_step
 
     transformer, family = models.transformer, models.family
     if family.conditioning != "t2v":
@@ -152,13 +152,7 @@ def train_lora(models, colour: str = "blue", minutes: float = 3.0, steps: int | 
     window: list[float] = []
 
     def step(i: int) -> dict[str, float]:
-        x, t, text, v = batches.draw()
-        loss = (transformer(x, t, text) - v).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapters.parameters(), 1.0)
-        opt.step()
-        value = float(loss.detach())
+        value = v_step(transformer, batches, opt, adapters)
         window.append(value)
         if len(window) == 25:
             curve.append((i + 1, sum(window) / len(window)))
