@@ -8,7 +8,7 @@
 # The shipped VAE was trained in rounds as the world was being designed (each from the one
 # before, --vae-init): 1642 + 774 + 782 steps on an earlier version of the world (64x64, more
 # colours and shapes, no background or decoder-noise terms), then 900 steps on this world
-# (--vae-steps 900 --vae-lr 2e-3 --vae-round 3): 72.5 minutes in all. The transformers and the
+# (--vae-steps 900 --vae-lr 2e-3 --vae-round 3): 72.7 minutes in all. The transformers and the
 # LoRA were trained exactly as below (--t2v-minutes 50 became 5320 steps, --inp-minutes 50 5281:
 # pass those as --t2v-steps/--inp-steps to repeat them).
 set -euo pipefail
