@@ -47,13 +47,14 @@ def request(case: Case, steps: int = 20, cfg: float = 6.0,
 def vae_prototypes(vae, n: int = 36, seed: int = 77) -> Prototypes:
     """Shape prototypes of the world's clips as the VAE renders them (encode, decode): the
     calibrated analyser reads a generated shape by the nearest of these."""
+    return calibrate([(scene.attributes.shape, round_trip(vae, render(scene))) for scene in sample_scenes(n, seed)])
+
+
+def round_trip(vae, clip: torch.Tensor) -> torch.Tensor:
+    """``clip`` [F, H, W, 3] encoded (posterior mode) and decoded by ``vae``: [F, H, W, 3]."""
     from cogvideox_core.video_io import frames_to_video, video_to_frames
 
-    pairs = []
-    for scene in sample_scenes(n, seed):
-        rec = video_to_frames(vae.decode(vae.encode(frames_to_video(render(scene))).mode()))[:FRAMES]
-        pairs.append((scene.attributes.shape, rec))
-    return calibrate(pairs)
+    return video_to_frames(vae.decode(vae.encode(frames_to_video(clip)).mode()))[:FRAMES]
 
 
 def _check(video: torch.Tensor, attributes, prototypes: Prototypes | None) -> dict[str, bool]:
@@ -109,13 +110,11 @@ def inp_rates(models: Models, n: int = 20, steps: int = 20, cfg: float = 6.0, se
 def vae_rates(vae, n: int = 48, seed: int = 99) -> dict[str, float]:
     """Reconstruction of ``n`` world clips: PSNR (dB) and the analyser's match rates (the
     calibrated shape too, prototypes from other clips)."""
-    from cogvideox_core.video_io import frames_to_video, video_to_frames
-
     results, mse = [], []
     prototypes = vae_prototypes(vae)
     for scene in sample_scenes(n, seed):
         clip = render(scene)
-        rec = video_to_frames(vae.decode(vae.encode(frames_to_video(clip)).mode()))[:FRAMES]
+        rec = round_trip(vae, clip)
         mse.append(float((rec - clip).pow(2).mean()))
         results.append(_check(rec, scene.attributes, prototypes))
     rates = _tally(results)
@@ -123,7 +122,7 @@ def vae_rates(vae, n: int = 48, seed: int = 99) -> dict[str, float]:
     return rates
 
 
-__all__ = ["Case", "cases", "request", "vae_prototypes", "t2v_rates", "inp_rates", "vae_rates"]
+__all__ = ["Case", "cases", "request", "vae_prototypes", "round_trip", "t2v_rates", "inp_rates", "vae_rates"]
 
 
 # ---- long videos and LoRAs (tests/test_tiny_world_models.py) ---------------------------------
@@ -158,10 +157,5 @@ def lora_colour_shift(models: Models, path, colour: str, n: int = 8, strength: f
     return {"without": without, "with": with_lora, "n": float(len(run_cases))}
 
 
-def seam_steps(track: torch.Tensor, seams: list[int]) -> list[float]:
-    """Centroid move (px) across each seam frame index s (from frame s - 1 to s) of ``track``
-    [F, 2]; NaN where either frame has no shape."""
-    return [float((track[s] - track[s - 1]).norm()) for s in seams]
 
-
-__all__ += ["other_colour_cases", "colour_share", "lora_colour_shift", "seam_steps"]
+__all__ += ["other_colour_cases", "colour_share", "lora_colour_shift"]

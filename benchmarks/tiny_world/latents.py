@@ -10,6 +10,7 @@ embeddings: the frozen T5 over every caption of the world and "" (the negative p
 from __future__ import annotations
 
 import logging
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from cogvideox_core.loading.text import TextEncoder
 from cogvideox_core.vae.model import CogVideoXVAE
 from cogvideox_core.video_io import frames_to_video
 
-from .world import FRAMES, HEIGHT, WIDTH, all_captions, render, sample_scenes
+from .world import FRAMES, HEIGHT, WIDTH, Scene, all_captions, render, sample_scenes
 
 logger = logging.getLogger(__name__)
 
@@ -65,23 +66,33 @@ def _inp_extra(vae: CogVideoXVAE, video: torch.Tensor, known: list[int]) -> torc
 
 
 @torch.no_grad()
-def build_pool(vae: CogVideoXVAE, text: TextEncoder, n: int, seed: int, batch: int = 16) -> Pool:
-    """Render and encode ``n`` clips drawn from ``seed``."""
+def build_pool(vae: CogVideoXVAE, text: TextEncoder, n: int, seed: int, batch: int = 16,
+               colour: str | None = None, inp_extras: bool = True) -> Pool:
+    """Render and encode ``n`` clips drawn from ``seed``; with ``colour``, every shape painted
+    that colour while each clip keeps the caption of its drawn scene (the LoRA's clips);
+    ``inp_extras=False``: no InP channels (``extras`` empty)."""
     captions = all_captions()
     index = {c: i for i, c in enumerate(captions)}
     scenes = sample_scenes(n, seed)
-    means, stds, extras = [], [], {k: [] for k in KNOWN_SETS}
+    means, stds = [], []
+    extras: dict[str, list[torch.Tensor]] = {k: [] for k in KNOWN_SETS} if inp_extras else {}
     for start in range(0, n, batch):
-        video = torch.cat([frames_to_video(render(s)) for s in scenes[start:start + batch]])
+        shown = [s if colour is None else recoloured(s, colour) for s in scenes[start:start + batch]]
+        video = torch.cat([frames_to_video(render(s)) for s in shown])
         post = vae.encode(video)
         means.append(post.mean.permute(0, 2, 1, 3, 4))
         stds.append(post.std.permute(0, 2, 1, 3, 4))
-        for name, known in KNOWN_SETS.items():
-            extras[name].append(_inp_extra(vae, video, known))
+        for name in extras:
+            extras[name].append(_inp_extra(vae, video, KNOWN_SETS[name]))
         if (start // batch) % 32 == 0:
             logger.info("pool: encoded %d of %d clips", start + len(video), n)
     return Pool(torch.cat(means), torch.cat(stds), torch.tensor([index[s.caption] for s in scenes]),
                 encode_captions(text, captions), captions, {k: torch.cat(v) for k, v in extras.items()})
+
+
+def recoloured(scene: Scene, colour: str) -> Scene:
+    """``scene`` with its shape painted ``colour``; ``ValueError`` for a colour not in the world."""
+    return dataclasses.replace(scene, attributes=dataclasses.replace(scene.attributes, colour=colour))
 
 
 @torch.no_grad()
@@ -100,4 +111,4 @@ def check_inp_extra(vae: CogVideoXVAE, family: Family, seed: int) -> float:
     return diff
 
 
-__all__ = ["Pool", "KNOWN_SETS", "build_pool", "encode_captions", "check_inp_extra"]
+__all__ = ["Pool", "KNOWN_SETS", "build_pool", "recoloured", "encode_captions", "check_inp_extra"]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -35,10 +34,10 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from .latents import Pool, encode_captions
+from .latents import Pool, build_pool
 from .loop import Budget, make_optimizer, run
 from .models import DATA, load_models
-from .world import COLOURS, all_captions, render, sample_scenes
+from .world import COLOURS
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +45,9 @@ LORA_DIR = DATA / "lora"
 TARGETS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "ff.net.0.proj", "ff.net.2")
 
 
-def lora_path(colour: str = "blue") -> Path:
-    """Where the shipped LoRA of ``colour`` lives."""
-    return LORA_DIR / f"every_shape_{colour}.safetensors"
+def lora_path(colour: str = "blue", root: Path = DATA) -> Path:
+    """Where the LoRA of ``colour`` lives among ``root``'s models (the shipped one by default)."""
+    return root / LORA_DIR.relative_to(DATA) / f"every_shape_{colour}.safetensors"
 
 
 def target_names(transformer: nn.Module) -> list[str]:
@@ -104,28 +103,13 @@ class LoraAdapters(nn.Module):
         return path
 
 
-@torch.no_grad()
 def recoloured_pool(vae, text, colour: str, n: int, seed: int, batch: int = 16) -> Pool:
     """``n`` world clips drawn from ``seed``, the shape painted ``colour``, each with its
     ORIGINAL caption (random colours), encoded by ``vae`` (unscaled mean/std, frames first) and
-    the world's captions by ``text`` (the last embedding row is "")."""
-    from cogvideox_core.video_io import frames_to_video
-
+    the world's captions by ``text`` (the last embedding row is ""): :func:`.latents.build_pool`."""
     if colour not in COLOURS:
         raise ValueError(f"colour={colour!r}; known: {', '.join(COLOURS)}")
-    captions = all_captions()
-    index = {c: i for i, c in enumerate(captions)}
-    scenes = sample_scenes(n, seed)
-    means, stds = [], []
-    for start in range(0, n, batch):
-        part = scenes[start:start + batch]
-        video = torch.cat([frames_to_video(render(dataclasses.replace(
-            s, attributes=dataclasses.replace(s.attributes, colour=colour)))) for s in part])
-        post = vae.encode(video)
-        means.append(post.mean.permute(0, 2, 1, 3, 4).float())
-        stds.append(post.std.permute(0, 2, 1, 3, 4).float())
-    return Pool(torch.cat(means), torch.cat(stds), torch.tensor([index[s.caption] for s in scenes]),
-                encode_captions(text, captions), captions, {})
+    return build_pool(vae, text, n, seed, batch, colour=colour, inp_extras=False)
 
 
 def train_lora(models, colour: str = "blue", minutes: float = 3.0, steps: int | None = None,
@@ -210,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    out = args.out or args.root / "lora" / f"every_shape_{args.colour}.safetensors"
+    out = args.out or lora_path(args.colour, args.root)
     models = load_models("t2v", args.root)
     adapters, summary = train_lora(models, args.colour, args.minutes, args.steps, args.rank, args.seed,
                                    args.clips, args.batch, args.lr)
