@@ -125,12 +125,13 @@ def _transformer_options(args: argparse.Namespace, device, dtype) -> dict[str, A
             "weight_dtype": weight_dtype, "fp8_compute": not args.no_fp8_matmul}
 
 
-def _add_long_video(p: argparse.ArgumentParser) -> None:
+def _add_long_video(p: argparse.ArgumentParser, context_overlap: int = 16, prompts_file: bool = True) -> None:
+    """The long-video flags (``demo``: its own overlap default, no ``--prompts-file``)."""
     from ..sampling.windows import SCHEDULES, WEIGHTS
 
     g = p.add_argument_group("long video", "context windows inside one run, or a chain of runs")
     g.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
-    g.add_argument("--context-overlap", type=int, default=16, help="context window overlap in frames")
+    g.add_argument("--context-overlap", type=int, default=context_overlap, help="context window overlap in frames")
     g.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static",
                    help="static windows, uniform (seams move every step) or looped (seamless loops)")
     g.add_argument("--context-weights", choices=tuple(WEIGHTS), default="pyramid")
@@ -141,7 +142,8 @@ def _add_long_video(p: argparse.ArgumentParser) -> None:
                    "(Fun InP: known frames; image-to-video families: 1)")
     g.add_argument("--colour-match", type=float, default=1.0, help="match chunk colours to the first "
                    "chunk's, 0..1 (0: off)")
-    g.add_argument("--prompts-file", help="text file, one prompt per chunk per line (replaces --prompt)")
+    if prompts_file:
+        g.add_argument("--prompts-file", help="text file, one prompt per chunk per line (replaces --prompt)")
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -409,7 +411,6 @@ def _generate(models, request, runtime, chain=None):
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from ..families import FAMILY_NAMES
-    from ..sampling.windows import SCHEDULES, WEIGHTS
     from .demo import DEFAULT_CFG, DEFAULT_PROMPT, DEFAULT_STEPS, PROMPT_HELP, RANDOM_SIZE, TRAINED_SIZE
 
     p = sub.add_parser("demo", help="make a video with the tiny models shipped in the pack (seconds, CPU)",
@@ -433,14 +434,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: a tiny model's "
                    "ops are too small to share, and a busy machine makes extra threads spin)")
-    p.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
-    p.add_argument("--context-overlap", type=int, default=8, help="context window overlap in frames")
-    p.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static")
-    p.add_argument("--context-weights", choices=tuple(WEIGHTS), default="pyramid")
-    p.add_argument("--context-batch", type=int, default=1, help="windows per model call")
-    p.add_argument("--extend-chunks", type=int, default=1, help="chained extension (the Fun InP tiny model)")
-    p.add_argument("--extend-overlap", type=int, default=4, help="frames shared by chained chunks")
-    p.add_argument("--colour-match", type=float, default=1.0, help="match chunk colours, 0..1")
+    _add_long_video(p, context_overlap=8, prompts_file=False)  # --extend-chunks: the Fun InP tiny model
     p.set_defaults(run=run_demo)
 
 
