@@ -23,7 +23,7 @@ from ..cogvideox_core.generation.pipeline import GenerateRequest, Models, encode
 from ..cogvideox_core.long_video.chain import ChainOptions, check_chain, extend_chain
 from ..cogvideox_core.models.step_cache import METHODS, THRESHOLDED, CacheOptions
 from ..cogvideox_core.sampling import SAMPLER_NAMES
-from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTS, ContextOptions
+from ..cogvideox_core.sampling.windows import SCHEDULES, WEIGHTINGS, ContextOptions
 from . import host
 from .common import (CACHE, CONDITIONING, CONTEXT, MAX_FRAMES, MODEL, T5, VAE, ModelHandle,
                      PromptConditioning, T5Handle, VAEHandle, check_finite, choice, float_input,
@@ -90,8 +90,10 @@ class CogVideoXContextOptions:
                                         MAX_FRAMES, TEMPORAL_COMPRESSION),
             "schedule": tip(list(SCHEDULES), "static: fixed windows; uniform: windows shift every step; "
                             "looped: the last window wraps to the start (loops)."),
-            "weights": tip(list(WEIGHTS), "How overlapping windows are blended: pyramid ramps, flat "
-                           "averages.", default="pyramid"),
+            "weights": tip(list(WEIGHTINGS), "How overlapping windows are blended: pyramid ramps, flat "
+                           "averages; causal takes each frame from the first window that covers it, so "
+                           "later windows continue earlier ones (no cross-fades; the first window is "
+                           "what a short video of the same seed shows).", default="pyramid"),
             "batch_windows": int_input("Windows denoised together in one model call: 1 needs the memory "
                                        "of one window; more is faster where memory allows.", 1, 1, 64),
         }}
@@ -99,7 +101,7 @@ class CogVideoXContextOptions:
     def make(self, length_frames: int, overlap_frames: int, schedule: str = "static",
              weights: str = "pyramid", batch_windows: int = 1) -> tuple[ContextOptions]:
         choice("schedule", schedule, tuple(SCHEDULES))
-        choice("weights", weights, tuple(WEIGHTS))
+        choice("weights", weights, WEIGHTINGS)
         return (ContextOptions(length_frames, overlap_frames, schedule, weights, batch_windows),)
 
 

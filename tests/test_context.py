@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cogvideox_core.sampling.windows import (
-    SCHEDULES, WEIGHTS, ContextOptions, LatentContext, check_window_length, get_schedule,
+    SCHEDULES, WEIGHTINGS, WEIGHTS, ContextOptions, LatentContext, causal_weights, check_window_length, get_schedule,
     get_weights, plan_windows, run_windows, schedule_looped,
     schedule_static, schedule_uniform, slice_windows, weights_pyramid, window_weights,
 )
@@ -95,6 +95,31 @@ def test_looped_wraps_around_the_end():
     assert schedule_looped(30, 13, 4, 0, 10) != schedule_looped(30, 13, 4, 1, 10)
 
 
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_causal_takes_each_frame_from_the_first_window_covering_it(name):
+    fn = get_schedule(name)
+    for length, overlap in PAIRS:
+        for num_frames in (1, 9, 30, 47):
+            for step in STEPS:
+                windows = fn(num_frames, length, overlap, step, 10)
+                ws = window_weights(windows, num_frames, "causal", dtype=torch.float64)
+                assert [w.dtype for w in ws] == [torch.float64] * len(windows)
+                first = {}
+                for k, w in enumerate(windows):
+                    for f in w:
+                        first.setdefault(f, k)
+                for k, (w, wt) in enumerate(zip(windows, ws)):
+                    assert wt.tolist() == [1.0 if first[f] == k else 0.0 for f in w], (name, k)
+    # static windows 0-3, 2-5, 4-7 of 8 frames: the later windows keep only their new frames
+    assert [w.tolist() for w in causal_weights(schedule_static(8, 4, 2), 8)] == [
+        [1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1]]
+    with pytest.raises(ValueError, match="uncovered"):
+        causal_weights([[0, 1], [3, 4]], 5)
+    with pytest.raises(ValueError, match="rule over the whole window list"):
+        get_weights("causal")
+    assert ContextOptions(49, 16, weights="causal").to_latent(get_family("5b")).weights == "causal"
+
+
 def test_pyramid_ramps_and_ends():
     assert torch.equal(weights_pyramid(5, 0, 0), torch.ones(5, dtype=torch.float64))
     w = weights_pyramid(6, 2, 2)
@@ -137,7 +162,7 @@ def test_single_window_equals_denoiser_exactly():
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
-@pytest.mark.parametrize("weights_name", sorted(WEIGHTS))
+@pytest.mark.parametrize("weights_name", sorted(WEIGHTINGS))
 def test_framewise_denoiser_windowed_equals_full(name, weights_name):
     def framewise(xw: torch.Tensor, wins: list[list[int]]) -> torch.Tensor:
         return xw * 2 + 0.5

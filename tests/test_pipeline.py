@@ -207,6 +207,18 @@ def test_one_window_covering_everything_equals_no_windows(t2v, caplog) -> None:
         assert torch.equal(plain, windowed)
 
 
+def test_causal_windows_keep_the_short_videos_frames(t2v) -> None:
+    # each frame from the first window covering it: the first window is never blended with the
+    # others, so a long video's first window is the short video of the same seed (DDIM draws no
+    # noise per step and the initial noise is drawn frame-major); pyramid blending changes it
+    short = generate_latents(t2v, _req(frames=9, sampler="ddim"))  # 3 latent frames
+    for weights, same in (("causal", True), ("pyramid", False)):
+        long = generate_latents(t2v, _req(frames=25, sampler="ddim",
+                                          context=ContextOptions(9, 4, weights=weights)))
+        assert long.shape[2] == 7
+        assert torch.equal(long[:, :, :3], short) == same, weights
+
+
 class Forbidden:
     """A text encoder / VAE stand-in that fails if used."""
 

@@ -127,14 +127,16 @@ def _transformer_options(args: argparse.Namespace, device, dtype) -> dict[str, A
 
 def _add_long_video(p: argparse.ArgumentParser, context_overlap: int = 16, prompts_file: bool = True) -> None:
     """The long-video flags (``demo``: its own overlap default, no ``--prompts-file``)."""
-    from ..sampling.windows import SCHEDULES, WEIGHTS
+    from ..sampling.windows import SCHEDULES, WEIGHTINGS
 
     g = p.add_argument_group("long video", "context windows inside one run, or a chain of runs")
     g.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
     g.add_argument("--context-overlap", type=int, default=context_overlap, help="context window overlap in frames")
     g.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static",
                    help="static windows, uniform (seams move every step) or looped (seamless loops)")
-    g.add_argument("--context-weights", choices=tuple(WEIGHTS), default="pyramid")
+    g.add_argument("--context-weights", choices=WEIGHTINGS, default="pyramid",
+                   help="pyramid ramps or flat averages over the overlaps; causal: each frame from the first "
+                   "window covering it (later windows continue earlier ones)")
     g.add_argument("--context-batch", type=int, default=1, help="windows per model call (memory)")
     g.add_argument("--extend-chunks", type=int, default=1, help="chunks of --frames frames in a chain "
                    "(1: one generation); each starts from the tail of the video so far")

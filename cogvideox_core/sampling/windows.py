@@ -7,7 +7,9 @@ Three pure pieces and one small runner, as ComfyUI's ``comfy/context_windows.py`
   latent frame indices of every window at one sampling step (:data:`SCHEDULES`);
 - a **weights** function ``(length, overlap_start, overlap_end) -> Tensor[length]`` gives each
   frame's blending weight inside one window (:data:`WEIGHTS`); :func:`window_weights` applies it
-  to a window list and normalises so the weights of every frame sum to one;
+  to a window list and normalises so the weights of every frame sum to one. One more weighting,
+  ``causal``, is a rule over the whole list rather than a shape per window: each frame is taken
+  from the first window that covers it (:data:`WEIGHTINGS` names all);
 - :func:`run_windows` calls a denoiser per window (or per batch of windows) and blends.
 
 Users think in pixel frames; :class:`ContextOptions` holds pixel lengths and converts them, with
@@ -88,7 +90,7 @@ class LatentContext:
             raise ValueError(f"overlap={self.overlap} latent frames: must be at least 0 and less "
                              f"than length={self.length}, or windows never advance")
         get_schedule(self.schedule)
-        get_weights(self.weights)
+        check_weights(self.weights)
 
 
 @dataclass(frozen=True)
@@ -117,7 +119,7 @@ class ContextOptions:
             raise ValueError(f"overlap_frames={self.overlap_frames}: must be less than "
                              f"length_frames={self.length_frames}, or windows never advance")
         get_schedule(self.schedule)
-        get_weights(self.weights)
+        check_weights(self.weights)
 
     def to_latent(self, family: Family) -> LatentContext:
         """Latent window length and overlap for ``family``; ``ValueError`` if it cannot take
@@ -264,13 +266,54 @@ WEIGHTS: dict[str, WeightsFn] = {
 }
 
 
+CAUSAL = "causal"
+# every weighting a user can name: the shaped ones, then ``causal`` (see :func:`causal_weights`)
+WEIGHTINGS: tuple[str, ...] = (*WEIGHTS, CAUSAL)
+
+
+def check_weights(name: str) -> str:
+    """``name`` if it is one of :data:`WEIGHTINGS`; a ``ValueError`` listing them otherwise."""
+    if name not in WEIGHTINGS:
+        raise ValueError(f"weights={name!r} is not a context weighting; known: {', '.join(WEIGHTINGS)}")
+    return name
+
+
 def get_weights(name: str) -> WeightsFn:
-    """The weights function called ``name``; a ``ValueError`` listing the known names otherwise."""
+    """The weights function called ``name`` (a shaped weighting of :data:`WEIGHTS`); a
+    ``ValueError`` listing the known names otherwise (``causal`` has no per-window shape: see
+    :func:`causal_weights`)."""
     try:
         return WEIGHTS[name]
     except KeyError:
-        raise ValueError(f"weights={name!r} is not a context weighting; known: "
-                         f"{', '.join(WEIGHTS)}") from None
+        check_weights(name)
+        raise ValueError(f"weights={name!r} is a rule over the whole window list, not a per-window "
+                         f"shape: use window_weights") from None
+
+
+def causal_weights(windows: Sequence[Sequence[int]], num_frames: int,
+                   dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """Weights 1 where a window is the first in ``windows`` to cover a frame, 0 elsewhere.
+
+    Later windows then never change frames an earlier window covers: they see those frames, at
+    every step, as the earlier window makes them, and continue them (the shared frames act as a
+    known past), instead of being averaged with them. Two windows that disagree (a shape in two
+    places) are not cross-faded into a shape sliding from one place to the other; and the first
+    window's frames are exactly what a video of that window's length alone would give (same
+    seed, a sampler that draws no noise per step: DDIM). Every frame's weights sum to 1; a
+    window whose frames are all covered before it gets all zeros (it is still run).
+    """
+    _check_windows(windows, num_frames)
+    seen = torch.zeros(num_frames, dtype=torch.bool)
+    out = []
+    for w in windows:
+        idx = torch.as_tensor(list(w))
+        out.append((~seen[idx]).to(dtype))
+        seen[idx] = True
+    if not bool(seen.all()):
+        uncovered = (~seen).nonzero().flatten().tolist()[:8]
+        raise ValueError(f"windows leave frames {uncovered} of num_frames={num_frames} "
+                         f"uncovered: every frame must be in a window")
+    return out
 
 
 def _check_windows(windows: Sequence[Sequence[int]], num_frames: int) -> None:
@@ -301,8 +344,10 @@ def window_weights(windows: Sequence[Sequence[int]], num_frames: int, weights_na
     Each side's overlap is measured from the windows themselves (the frames at a window's start
     or end that other windows also cover), so a shifted last window ramps over its whole actual
     overlap, a window at the video's ends is not ramped there, and wrapped (looped) windows work
-    unchanged. Math in float64, then cast to ``dtype``.
+    unchanged. Math in float64, then cast to ``dtype``. ``causal``: :func:`causal_weights`.
     """
+    if check_weights(weights_name) == CAUSAL:
+        return causal_weights(windows, num_frames, dtype)
     fn = get_weights(weights_name)
     _check_windows(windows, num_frames)
     counts = [0] * num_frames  # windows covering each frame
@@ -408,5 +453,5 @@ def run_windows(denoise_fn: DenoiseFn, x: torch.Tensor, windows: Sequence[Sequen
 
 __all__ = ["ContextOptions", "LatentContext", "check_window_length", "schedule_static", "schedule_uniform",
            "schedule_looped", "SCHEDULES", "get_schedule", "weights_flat", "weights_pyramid", "WEIGHTS",
-           "get_weights", "window_weights", "plan_windows", "slice_windows", "run_windows",
-           "ScheduleFn", "WeightsFn", "DenoiseFn"]
+           "get_weights", "WEIGHTINGS", "CAUSAL", "check_weights", "causal_weights", "window_weights",
+           "plan_windows", "slice_windows", "run_windows", "ScheduleFn", "WeightsFn", "DenoiseFn"]
