@@ -74,6 +74,28 @@ def test_analyser_track_and_fill():
     assert 2 * HALF_SIZE - 1 <= int(square.any(dim=0).sum()) <= 2 * HALF_SIZE + 1
 
 
+def test_the_world_is_a_torus_and_the_analyser_follows_a_shape_across_edges():
+    # a shape past the right edge shows at the left: the same pixels as a whole shape rolled
+    whole = make_clip("red", "square", "right", (42.0, 30.0))
+    assert torch.allclose(make_clip("red", "square", "right", (90.0, 30.0)), torch.roll(whole, 48, dims=2), atol=1e-6)
+    assert torch.allclose(make_clip("red", "square", "down", (42.0, 60.0)), torch.roll(
+        make_clip("red", "square", "down", (42.0, 28.0)), 32, dims=1), atol=1e-6)
+    # 65 frames moving right from x=60: crosses the right edge, keeps moving right, 1 px a frame
+    found = analyse(make_clip("blue", "circle", "right", (60.0, 30.0), frames=65))
+    steps = found.track[1:] - found.track[:-1]
+    assert torch.allclose(steps, torch.tensor([SPEED, 0.0]).expand_as(steps), atol=0.05)
+    assert found.track[-1, 0] == pytest.approx(60.0 + 64 * SPEED, abs=0.05)  # unwrapped: past the width
+    assert (found.direction, found.shape, found.coverage) == ("right", "circle", 1.0)
+    # every clip drawn anywhere on the torus reads right; a split square still fills its box
+    for scene in sample_scenes(48, seed=4, wrap=1.0):
+        found = analyse(render(scene))
+        assert all(found.matches(scene.attributes).values()), (scene, found)
+    split = foreground_mask(make_clip("green", "square", "up", (94.0, 2.0)))[0]
+    assert bool(split[:, 0].any() and split[:, -1].any() and split[0].any() and split[-1].any())
+    assert fill_ratio(split) == pytest.approx(1.0, abs=0.02)
+    assert sum(1 for s in sample_scenes(200, seed=1, wrap=0.5) if not 11 <= s.start[0] <= 85) > 20
+
+
 def test_shape_rules_tolerate_blur():
     assert classify_shape(0.99) == "square" and classify_shape(0.88) == "square"
     assert classify_shape(0.785) == "circle" and classify_shape(0.83) == "circle"

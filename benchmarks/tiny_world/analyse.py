@@ -7,6 +7,12 @@ its bounding box, per frame, median over frames (circle pi/4 ~ 0.785, square 1):
 :data:`SQUARE_FILL` (blur rounds the corners), or the nearest of calibrated prototypes. Motion: the track of the mask's centroid; the direction is the larger axis
 of the displacement from the first to the last frame with a mask, if it moved at least
 :data:`MIN_TRAVEL` pixels. The track is kept for seam and jump checks (:func:`largest_step`).
+
+The world is a torus (:mod:`.world`): a shape crossing an edge shows in two parts at opposite
+edges. A frame whose mask touches both ends of an axis is rolled along it (:func:`recentre`)
+so the shape is whole before its box, fill and centroid are read, and the track is unwrapped
+(each step taken the short way round), so a shape leaving right and coming back left keeps
+moving right. A frame touching no edge is read exactly as on a plane.
 """
 from __future__ import annotations
 
@@ -73,20 +79,62 @@ def foreground_mask(clip: torch.Tensor, background: torch.Tensor | None = None) 
     return (clip - bg).norm(dim=-1) > THRESHOLD
 
 
+def _roll_of(occupied: torch.Tensor) -> int:
+    """How far to roll an axis whose ``occupied`` [N] bools touch both ends so that the middle
+    of its longest empty run lands on the ends (0 when it does not touch both ends, or is full)."""
+    n = len(occupied)
+    if not (bool(occupied[0]) and bool(occupied[-1])) or bool(occupied.all()):
+        return 0
+    best_len, best_mid, run = 0, 0, 0
+    for i in range(n):  # one pass: empty runs cannot cross the ends (both are occupied)
+        run = 0 if bool(occupied[i]) else run + 1
+        if run > best_len:
+            best_len, best_mid = run, i - run // 2
+    return -best_mid
+
+
+def recentre(frame_mask: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """(mask rolled so a shape crossing an edge is whole, roll along y, roll along x) of one
+    frame [H, W]; rolls of 0 (the mask itself) when it touches no two opposite edges."""
+    dy, dx = _roll_of(frame_mask.any(dim=1)), _roll_of(frame_mask.any(dim=0))
+    if dy or dx:
+        frame_mask = torch.roll(frame_mask, shifts=(dy, dx), dims=(0, 1))
+    return frame_mask, dy, dx
+
+
 def centroid_track(mask: torch.Tensor) -> torch.Tensor:
-    """[F, 2] centroid (x, y) in pixel centres of each frame's mask; NaN for an empty frame."""
+    """[F, 2] centroid (x, y) in pixel centres of each frame's mask, unwrapped around the torus
+    (see the module's notes); NaN for an empty frame."""
     f, h, w = mask.shape
     ys = torch.arange(h, dtype=torch.float32)[:, None] + 0.5
     xs = torch.arange(w, dtype=torch.float32)[None, :] + 0.5
-    m = mask.float()
-    count = m.sum(dim=(1, 2))  # [F]
-    track = torch.stack([(m * xs).sum(dim=(1, 2)), (m * ys).sum(dim=(1, 2))], dim=1) / count[:, None]
-    track[count < MIN_PIXELS] = float("nan")
+    track = torch.full((f, 2), float("nan"))
+    prev = None
+    for i in range(f):
+        m, dy, dx = recentre(mask[i])
+        count = float(m.sum())
+        if count < MIN_PIXELS:
+            continue
+        m = m.float()
+        point = torch.tensor([float((m * xs).sum()) / count - dx, float((m * ys).sum()) / count - dy])
+        if dy or dx or (prev is not None and bool(((point - prev).abs() > torch.tensor([w, h]) / 2).any())):
+            point = _nearest_image(point, prev, w, h)
+        track[i] = prev = point
     return track
+
+
+def _nearest_image(point: torch.Tensor, prev: torch.Tensor | None, w: int, h: int) -> torch.Tensor:
+    """``point`` moved by whole frame sizes: into the frame when there is no ``prev``, else to
+    the copy nearest ``prev`` (a step taken the short way round the torus)."""
+    size = torch.tensor([float(w), float(h)])
+    if prev is None:
+        return torch.remainder(point, size)
+    return prev + torch.remainder(point - prev + size / 2, size) - size / 2
 
 
 def fill_ratio(frame_mask: torch.Tensor) -> float | None:
     """Foreground share of the mask's bounding box in one frame [H, W]; None if nearly empty."""
+    frame_mask = recentre(frame_mask)[0]
     box = _box(frame_mask)
     if box is None:
         return None
@@ -97,6 +145,7 @@ def fill_ratio(frame_mask: torch.Tensor) -> float | None:
 def centroid_depth(frame_mask: torch.Tensor) -> float | None:
     """Where the mask's centroid sits in its bounding box, 0 at the top, 1 at the bottom (0.5 for
     a circle or square); None if nearly empty."""
+    frame_mask = recentre(frame_mask)[0]
     box = _box(frame_mask)
     if box is None:
         return None
@@ -199,5 +248,5 @@ def analyse(clip: torch.Tensor, prototypes: Prototypes | None = None) -> Analysi
 
 
 __all__ = ["Prototypes", "calibrate", "THRESHOLD", "SHAPE_FILL", "COLOUR_HUES", "Analysis", "hue_of", "background_colour",
-           "foreground_mask", "centroid_track", "fill_ratio", "centroid_depth", "classify_colour", "classify_shape",
+           "foreground_mask", "recentre", "centroid_track", "fill_ratio", "centroid_depth", "classify_colour", "classify_shape",
            "motion_direction", "largest_step", "analyse"]

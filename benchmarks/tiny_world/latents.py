@@ -67,13 +67,14 @@ def _inp_extra(vae: CogVideoXVAE, video: torch.Tensor, known: list[int]) -> torc
 
 @torch.no_grad()
 def build_pool(vae: CogVideoXVAE, text: TextEncoder, n: int, seed: int, batch: int = 16,
-               colour: str | None = None, inp_extras: bool = True) -> Pool:
+               colour: str | None = None, inp_extras: bool = True, wrap: float = 0.0) -> Pool:
     """Render and encode ``n`` clips drawn from ``seed``; with ``colour``, every shape painted
     that colour while each clip keeps the caption of its drawn scene (the LoRA's clips);
-    ``inp_extras=False``: no InP channels (``extras`` empty)."""
+    ``inp_extras=False``: no InP channels (``extras`` empty); ``wrap``: the share of clips
+    anywhere on the torus (:func:`~.world.sample_scenes`)."""
     captions = all_captions()
     index = {c: i for i, c in enumerate(captions)}
-    scenes = sample_scenes(n, seed)
+    scenes = sample_scenes(n, seed, wrap=wrap)
     means, stds = [], []
     extras: dict[str, list[torch.Tensor]] = {k: [] for k in KNOWN_SETS} if inp_extras else {}
     for start in range(0, n, batch):

@@ -47,7 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-round", type=int, default=0, help="added to the VAE stage's seed (a continued run)")
     p.add_argument("--vae-lr", type=float, default=2e-3)
     p.add_argument("--shape-weight", type=float, default=10.0, help="VAE loss weight of the shape's pixels")
+    p.add_argument("--wrap", type=float, default=0.0, help="share of the VAE's and the pool's clips "
+                   "anywhere on the torus, crossing an edge (long videos)")
     p.add_argument("--pool", type=int, default=4096, help="clips encoded for the transformers")
+    p.add_argument("--inp-known", help="InP shares of none,start,start_end known, e.g. 1,1,2 (default: a third each)")
     p.add_argument("--batch", type=int, default=16, help="transformer batch")
     p.add_argument("--layers", type=int, default=Size.layers)
     p.add_argument("--heads", type=int, default=Size.heads)
@@ -74,7 +77,8 @@ def stage_vae(args: argparse.Namespace) -> dict:
 
     init = None if args.vae_init is None else _vae(args, args.vae_init)
     vae, summary = train_vae(vae_config(), Budget(args.vae_minutes, args.vae_steps), args.seed + args.vae_round,
-                             lr=args.vae_lr, init=init, shape_weight=args.shape_weight)
+                             lr=args.vae_lr, init=init, shape_weight=args.shape_weight,
+                             wrap=args.wrap)
     save_vae(vae, args.out)
     summary["recon"] = vae_rates(vae)
     logger.info("vae reconstruction: %s", summary["recon"])
@@ -100,7 +104,7 @@ def stage_pool(args: argparse.Namespace) -> dict:
     vae = _vae(args)
     diff = check_inp_extra(vae, family("inp"), args.seed)
     logger.info("InP channels equal build_conditioning's (max diff %.2e)", diff)
-    pool = build_pool(vae, _text_encoder(args), args.pool, args.seed + 1)
+    pool = build_pool(vae, _text_encoder(args), args.pool, args.seed + 1, wrap=args.wrap)
     pool.save(args.work / "pool.pt")
     stats = {"clips": args.pool, "minutes": round((time.monotonic() - start) / 60, 2),
              "z_rms": round(float(pool.mean.pow(2).mean().sqrt()), 4),
@@ -137,10 +141,15 @@ def stage_transformer(args: argparse.Namespace, kind: str) -> dict:
     root = args.out if kind == "t2v" else args.out / kind
     init = load_models(kind, args.out).transformer if args.resume else None
     model, summary = train_transformer(fam, pool, budget, seed, args.batch, args.lr,
-                                       save=lambda m: save_transformer(m, fam, root), init=init)
+                                       save=lambda m: save_transformer(m, fam, root), init=init,
+                                       known_weights=_known(args.inp_known) if kind == "inp" else None)
     save_transformer(model, fam, root)
     summary["params"] = sum(p.numel() for p in model.parameters())
     return summary
+
+
+def _known(text: str | None) -> tuple[float, ...] | None:
+    return None if text is None else tuple(float(w) for w in text.split(","))
 
 
 def stage_eval(args: argparse.Namespace) -> dict:

@@ -36,12 +36,17 @@ EMA_DECAY = 0.998
 class Batches:
     """Training batches from a pool, all randomness from one seeded generator."""
 
-    def __init__(self, pool: Pool, family: Family, batch: int, seed: int) -> None:
+    def __init__(self, pool: Pool, family: Family, batch: int, seed: int,
+                 known_weights: tuple[float, ...] | None = None) -> None:
         self.pool, self.family, self.batch = pool, family, batch
         self.gen = torch.Generator().manual_seed(seed)
         self.alphas = alphas_cumprod(SchedulerConfig(snr_shift_scale=family.snr_shift_scale)).float()
         self.scale = family.vae_scaling_factor
         self.inp = family.conditioning == "inp"
+        if known_weights is not None and len(known_weights) != 1 + len(KNOWN_SETS):
+            raise ValueError(f"known_weights={known_weights}: need {1 + len(KNOWN_SETS)} weights "
+                             f"(none, {', '.join(KNOWN_SETS)})")
+        self.known_weights = None if known_weights is None else torch.tensor(known_weights, dtype=torch.float64)
 
     def draw(self) -> tuple[torch.Tensor, ...]:
         """(model input [B, F, C_in, h, w], timesteps [B], text [B, 226, D], v target [B, F, 16, h, w])."""
@@ -59,8 +64,12 @@ class Batches:
         return xt, t, p.embeds[caps], v
 
     def _extra(self, idx: torch.Tensor) -> torch.Tensor:
-        """Scaled InP channels [B, F, 17, h, w]: per clip none / start / start+end known."""
-        mode = torch.randint(0, 1 + len(KNOWN_SETS), (len(idx),), generator=self.gen)
+        """Scaled InP channels [B, F, 17, h, w]: per clip none / start / start+end known (a
+        third each, or in the proportions of ``known_weights``)."""
+        if self.known_weights is None:  # the shipped models' draw: keep its random stream
+            mode = torch.randint(0, 1 + len(KNOWN_SETS), (len(idx),), generator=self.gen)
+        else:
+            mode = torch.multinomial(self.known_weights, len(idx), replacement=True, generator=self.gen)
         out = torch.zeros(len(idx), *self.pool.extras["start"].shape[1:])
         for k, name in enumerate(KNOWN_SETS, start=1):
             pick = mode == k
@@ -82,10 +91,12 @@ def v_step(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, train
 
 def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, batch: int = 16,
                       lr: float = 1e-3, save: Callable[[nn.Module], object] | None = None,
-                      init: nn.Module | None = None) -> tuple[CogVideoXTransformer, dict]:
+                      init: nn.Module | None = None,
+                      known_weights: tuple[float, ...] | None = None) -> tuple[CogVideoXTransformer, dict]:
     """The EMA weights of a :class:`CogVideoXTransformer` of ``family`` trained on ``pool``
     (from ``init``'s weights when given: a continued run); ``save(ema_model)`` is called every
-    few minutes (so a run cut short leaves its weights)."""
+    few minutes (so a run cut short leaves its weights). ``known_weights``: the Fun InP model's
+    shares of none / start / start+end known (default a third each)."""
     torch.manual_seed(seed)
     model = init_random(CogVideoXTransformer(family.transformer), seed)
     if init is not None:
@@ -93,7 +104,7 @@ def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, bat
     model.train()
     ema = EMA(model, EMA_DECAY)
     opt = make_optimizer(model.parameters(), lr)
-    batches = Batches(pool, family, batch, seed)
+    batches = Batches(pool, family, batch, seed, known_weights)
     name = "t2v" if family.conditioning == "t2v" else "inp"
 
     def step(i: int) -> dict[str, float]:

@@ -40,12 +40,13 @@ MASKED_SHARE = 0.25
 SHAPE_WEIGHT = 10.0
 
 
-def clip_batch(step: int, batch: int, seed: int, shape_weight: float = SHAPE_WEIGHT
+def clip_batch(step: int, batch: int, seed: int, shape_weight: float = SHAPE_WEIGHT, wrap: float = 0.0
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(videos [B, 3, F, H, W] in -1..1, loss weights [B, 1, F, H, W]): fresh world clips for
-    ``step``, some InP-masked; weight ``shape_weight`` on the shape's pixels of frames kept."""
+    ``step`` (a share ``wrap`` of them anywhere on the torus), some InP-masked; weight
+    ``shape_weight`` on the shape's pixels of frames kept."""
     rng = random.Random(seed * 1_000_003 + step)
-    scenes = sample_scenes(batch, rng.randrange(2**31))
+    scenes = sample_scenes(batch, rng.randrange(2**31), wrap=wrap)
     videos, weights = [], []
     for scene in scenes:
         video = frames_to_video(render(scene))  # [1, 3, F, H, W]
@@ -76,10 +77,11 @@ def vae_loss(vae: CogVideoXVAE, x: torch.Tensor, weight: torch.Tensor,
 
 
 def train_vae(config, budget: Budget, seed: int, batch: int = 2, lr: float = 2e-3,
-              init: CogVideoXVAE | None = None, shape_weight: float = SHAPE_WEIGHT
+              init: CogVideoXVAE | None = None, shape_weight: float = SHAPE_WEIGHT, wrap: float = 0.0
               ) -> tuple[CogVideoXVAE, dict]:
     """A trained :class:`CogVideoXVAE` of ``config`` (from ``init``'s weights when given, else
-    from a seeded random initialisation) and the run's summary."""
+    from a seeded random initialisation) and the run's summary; ``wrap``: the share of clips
+    crossing the torus' edges."""
     torch.manual_seed(seed)
     vae = init_random(CogVideoXVAE(config), seed) if init is None else init.float()
     vae.train().requires_grad_(True)
@@ -87,7 +89,7 @@ def train_vae(config, budget: Budget, seed: int, batch: int = 2, lr: float = 2e-
     gen = torch.Generator().manual_seed(seed)
 
     def step(i: int) -> dict[str, float]:
-        parts = vae_loss(vae, *clip_batch(i, batch, seed, shape_weight), gen)
+        parts = vae_loss(vae, *clip_batch(i, batch, seed, shape_weight, wrap), gen)
         opt.zero_grad(set_to_none=True)
         parts["loss"].backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)

@@ -5,7 +5,9 @@ A :class:`Scene` (colour, shape, direction, start centre, background) renders to
 form "a red circle moving right on a white background" (:func:`caption`; :func:`parse_caption`
 reads it back). Scenes are drawn from a seed (:func:`sample_scenes`), so the same seed gives the
 same clips on every machine. The start is drawn so that the shape stays inside the frame for the
-whole clip: a shape moving right starts in the left part of the frame.
+whole clip (a shape moving right starts in the left part of the frame), or, for a share
+``wrap`` of the clips, anywhere: the world is a torus, a shape leaving one edge comes back at the
+opposite one (as in an old arcade game), so a video of any length can keep one shape moving.
 """
 from __future__ import annotations
 
@@ -105,10 +107,17 @@ def render(scene: Scene, frames: int = FRAMES, height: int = HEIGHT, width: int 
     out = []
     for f in range(frames):
         cx, cy = scene.centre(f)
-        inside = _inside(a.shape, xs - cx, ys - cy).float()  # [H*s, W*s]
+        inside = _inside(a.shape, _torus(xs - cx, width), _torus(ys - cy, height)).float()  # [H*s, W*s]
         cover = torch.nn.functional.avg_pool2d(inside[None, None], SUPERSAMPLE)[0, 0]  # [H, W]
         out.append(bg + cover[..., None] * (fg - bg))  # [H, W, 3]
     return torch.stack(out)
+
+
+def _torus(d: torch.Tensor, size: int) -> torch.Tensor:
+    """Offsets ``d`` taken around a circle of ``size`` px: the nearest of d + k * size, so a shape
+    past one edge shows at the opposite one. Offsets already within half a size stay as they are
+    (a shape inside the frame renders as on a plane)."""
+    return torch.where(d.abs() <= size / 2, d, torch.remainder(d + size / 2, size) - size / 2)
 
 
 def _sample_grid(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,14 +151,19 @@ def make_clip(colour: str, shape: str, direction: str, start: tuple[float, float
 
 
 def sample_scenes(n: int, seed: int, backgrounds: Sequence[str] = ("white",), frames: int = FRAMES,
-                  height: int = HEIGHT, width: int = WIDTH) -> list[Scene]:
-    """``n`` scenes drawn uniformly (attributes, then a start inside :func:`start_range`) from ``seed``."""
+                  height: int = HEIGHT, width: int = WIDTH, wrap: float = 0.0) -> list[Scene]:
+    """``n`` scenes drawn uniformly (attributes, then a start inside :func:`start_range`) from
+    ``seed``; with ``wrap`` > 0, that share of them starts anywhere on the torus instead (its
+    shape may cross an edge). ``wrap=0`` draws exactly what it always drew."""
     rng = random.Random(seed)
     scenes = []
     for _ in range(n):
         attrs = Attributes(rng.choice(list(COLOURS)), rng.choice(SHAPES), rng.choice(list(DIRECTIONS)),
                            rng.choice(list(backgrounds)))
-        (x0, x1), (y0, y1) = start_range(attrs.direction, frames, height, width)
+        if wrap > 0 and rng.random() < wrap:
+            (x0, x1), (y0, y1) = (0.0, float(width)), (0.0, float(height))
+        else:
+            (x0, x1), (y0, y1) = start_range(attrs.direction, frames, height, width)
         scenes.append(Scene(attrs, (rng.uniform(x0, x1), rng.uniform(y0, y1))))
     return scenes
 
