@@ -107,12 +107,12 @@ def inp_rates(models: Models, n: int = 20, steps: int = 20, cfg: float = 6.0, se
 
 
 @torch.no_grad()
-def vae_rates(vae, n: int = 48, seed: int = 99) -> dict[str, float]:
-    """Reconstruction of ``n`` world clips: PSNR (dB) and the analyser's match rates (the
-    calibrated shape too, prototypes from other clips)."""
+def vae_rates(vae, n: int = 48, seed: int = 99, wrap: float = 0.0) -> dict[str, float]:
+    """Reconstruction of ``n`` world clips (a share ``wrap`` of them anywhere on the torus): PSNR
+    (dB) and the analyser's match rates (the calibrated shape too, prototypes from other clips)."""
     results, mse = [], []
     prototypes = vae_prototypes(vae)
-    for scene in sample_scenes(n, seed):
+    for scene in sample_scenes(n, seed, wrap=wrap):
         clip = render(scene)
         rec = round_trip(vae, clip)
         mse.append(float((rec - clip).pow(2).mean()))

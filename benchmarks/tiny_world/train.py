@@ -82,6 +82,9 @@ def stage_vae(args: argparse.Namespace) -> dict:
     save_vae(vae, args.out)
     summary["recon"] = vae_rates(vae)
     logger.info("vae reconstruction: %s", summary["recon"])
+    if args.wrap > 0:
+        summary["recon_wrapped"] = vae_rates(vae, wrap=1.0)
+        logger.info("vae reconstruction, clips anywhere on the torus: %s", summary["recon_wrapped"])
     return summary
 
 
