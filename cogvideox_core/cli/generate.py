@@ -125,8 +125,9 @@ def _transformer_options(args: argparse.Namespace, device, dtype) -> dict[str, A
             "weight_dtype": weight_dtype, "fp8_compute": not args.no_fp8_matmul}
 
 
-def _add_long_video(p: argparse.ArgumentParser, context_overlap: int = 16, prompts_file: bool = True) -> None:
-    """The long-video flags (``demo``: its own overlap default, no ``--prompts-file``)."""
+def _add_long_video(p: argparse.ArgumentParser, context_overlap: int = 16, prompts_file: bool = True,
+                    context_weights: str = "pyramid") -> None:
+    """The long-video flags (``demo``: its own overlap and weights defaults, no ``--prompts-file``)."""
     from ..sampling.windows import SCHEDULES, WEIGHTINGS
 
     g = p.add_argument_group("long video", "context windows inside one run, or a chain of runs")
@@ -134,7 +135,7 @@ def _add_long_video(p: argparse.ArgumentParser, context_overlap: int = 16, promp
     g.add_argument("--context-overlap", type=int, default=context_overlap, help="context window overlap in frames")
     g.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static",
                    help="static windows, uniform (seams move every step) or looped (seamless loops)")
-    g.add_argument("--context-weights", choices=WEIGHTINGS, default="pyramid",
+    g.add_argument("--context-weights", choices=WEIGHTINGS, default=context_weights,
                    help="pyramid ramps or flat averages over the overlaps; causal: each frame from the first "
                    "window covering it (later windows continue earlier ones)")
     g.add_argument("--context-batch", type=int, default=1, help="windows per model call (memory)")
@@ -436,7 +437,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: a tiny model's "
                    "ops are too small to share, and a busy machine makes extra threads spin)")
-    _add_long_video(p, context_overlap=8, prompts_file=False)  # --extend-chunks: the Fun InP tiny model
+    # --extend-chunks: the Fun InP tiny model; causal windows: benchmarks/tiny_world/long_video.py
+    _add_long_video(p, context_overlap=8, prompts_file=False, context_weights="causal")
     p.set_defaults(run=run_demo)
 
 
