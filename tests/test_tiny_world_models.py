@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.tiny_world import evaluate
 from benchmarks.tiny_world.analyse import analyse, foreground_mask, largest_step
+from benchmarks.tiny_world.long_video import PROMPTS, long_rates
 from benchmarks.tiny_world.models import DATA, load_models
 from benchmarks.tiny_world.train_lora import LoraAdapters, lora_path, merged_lora
 from benchmarks.tiny_world.world import FRAMES, HEIGHT, WIDTH, make_clip, parse_caption, render, sample_scenes
@@ -39,26 +40,34 @@ logger = logging.getLogger("tiny_world_models")
 # ---- floors: set from the shipped weights (the placeholders' numbers in brackets) ----------
 # a. text-to-video, share of evaluate.cases(20) (20 steps, cfg 6) whose video matches the prompt
 T2V_COLOUR_FLOOR = 0.85  # measured 1.0 on the shipped weights (chance 1/3)
-T2V_SHAPE_FLOOR = 0.55  # measured 0.65 (13 of 20; chance 1/2): the weakest attribute, squares come out rounded
+T2V_SHAPE_FLOOR = 0.6  # measured 0.7 (14 of 20; chance 1/2): the weakest attribute, squares come out rounded
 T2V_DIRECTION_FLOOR = 0.85  # measured 1.0 (chance 1/4)
-T2V_ALL_FLOOR = 0.5  # measured 0.65 (chance 1/24)
-T2V_SMOOTH_FLOOR = 0.75  # one shape in >= MIN_COVERAGE of the frames, no step > MAX_STEP_PX; measured 0.9
+T2V_ALL_FLOOR = 0.55  # measured 0.7 (chance 1/24)
+T2V_SMOOTH_FLOOR = 0.8  # one shape in >= MIN_COVERAGE of the frames, no step > MAX_STEP_PX; measured 0.95
 # b. Fun InP: share of world clips whose first (last) generated frame is close to the start
 #    (end) image: mean abs diff < INP_MAD_MAX, analyser colour equal, centroid within INP_POS_PX
-INP_START_FLOOR = 0.8  # measured 1.0 (12 of 12: mean abs diff 0.0115, centroid 1.75 px)
-# The end image is kept only roughly: within INP_POS_PX of it in 0 of 6 videos (mean 4.6 px off,
-# mean abs diff 0.0276 against a blank frame's 0.032), so it is judged at INP_END_POS_PX.
+INP_START_FLOOR = 0.8  # measured 1.0 (12 of 12: mean abs diff 0.0144, centroid 1.54 px)
+# The end image is kept only roughly (mean 3.84 px off, mean abs diff 0.0257 against a blank
+# frame's 0.032), so it is judged at INP_END_POS_PX.
 INP_END_FLOOR = 0.65  # share within INP_END_POS_PX and of the end image's colour; measured 1.0
-# c. context windows, 65 frames (4x the trained clip) in 17-frame windows overlapping 8: share of
-#    seeds with one object throughout, moving right, no step longer than the shape is wide. NOT yet
-#    smooth: every seed has a centroid jump of 7.9-17.4 px (the MAX_STEP_PX rate is logged: 0 of 4)
-CONTEXT_RIGHT_FLOOR = 0.5  # measured 0.75 (one seed drifts down)
-CONTEXT_JUMP_MAX_PX = 20.0  # = the shape's width: a longer step is a second object or a teleport
+# c. context windows in 17-frame windows overlapping 8 with causal weights (each frame from the
+#    first window covering it: the demo's default), long_video.PROMPTS (right, left, down, up) x 2
+#    seeds: shares with one object throughout (no step longer than the shape is wide), smooth (no
+#    step over long_video.SMOOTH_PX = 4 px), moving the prompt's way. At 2x (33 frames) the world
+#    has room for the motion; at 4x (65 frames) the shape must cross an edge of the torus, which
+#    the model has only partly learned.
+CONTEXT_2X_ONE_OBJECT_FLOOR = 0.75  # measured 1.0 (pyramid weights: 0.875)
+CONTEXT_2X_SMOOTH_FLOOR = 0.625  # measured 0.875, largest steps 1.9-4.7 px (pyramid: 0.625, up to 32 px)
+CONTEXT_2X_DIRECTION_FLOOR = 0.75  # measured 1.0 (pyramid: 0.625)
+# 4x is NOT smooth yet (0 of 8 under 4 px: the shape slows at an edge, or a window starts it
+# again elsewhere): its smooth rate is logged, not asserted
+CONTEXT_4X_ONE_OBJECT_FLOOR = 0.5  # measured 0.625 (pyramid: 0.625)
+CONTEXT_4X_DIRECTION_FLOOR = 0.5  # measured 0.75 (pyramid: 0.875)
 # d. chained extension (Fun InP, 3 chunks, colour match 1): share of seeds whose motion continues
 #    across the seams (no step above CHAIN_MAX_STEP_PX) and whose colours match at them
-CHAIN_MAX_STEP_PX = 5.0  # the generated motion jitters up to 4.5 px a frame inside chunks too
-CHAIN_SMOOTH_FLOOR = 0.66  # measured 1.0 (largest steps 4.49, 4.06, 3.94 px; seams <= 2.42 px a frame)
-CHAIN_COLOUR_FLOOR = 0.66  # measured 1.0 (seam colour difference <= 0.063)
+CHAIN_MAX_STEP_PX = 4.0  # = MAX_STEP_PX
+CHAIN_SMOOTH_FLOOR = 0.66  # measured 1.0 (largest steps 3.33, 3.13, 3.58 px; seams <= 1.25 px a frame)
+CHAIN_COLOUR_FLOOR = 0.66  # measured 1.0 (seam colour difference <= 0.054)
 # f. the "every shape blue" LoRA at strength 1: share of blue videos for red/green prompts
 LORA_BLUE_FLOOR = 0.75  # measured 1.0 with the LoRA (8 of 8)
 LORA_MARGIN = 0.5  # with - without; measured 1.0 (0 of 8 blue without it)
@@ -73,9 +82,8 @@ MIN_COVERAGE = 0.9  # share of frames with one shape in them
 SEAM_COLOUR_MAX = 0.1  # mean foreground RGB (0..1) difference across a chain seam
 TILED_TOL = 5e-5  # exact tiled decode vs vae.decode in fp32 (tests/test_tiling.py's bound; observed <= 1e-5)
 
-CONTEXT_FRAMES, CONTEXT_WINDOW, CONTEXT_OVERLAP = 4 * (FRAMES - 1) + 1, FRAMES, 8  # 65 frames
-CONTEXT_PROMPT = "a red square moving right on a white background"
-CONTEXT_SEEDS = (0, 1, 2, 3)
+CONTEXT_WINDOW, CONTEXT_OVERLAP = FRAMES, 8
+CONTEXT_SEEDS = 2  # per prompt of long_video.PROMPTS
 CHAIN_CHUNKS, CHAIN_OVERLAP = 3, 4  # 17 + 2 * 13 = 43 frames
 CHAIN_SEEDS = (0, 1, 2)
 CHAIN_START = (16.0, 32.0)  # a red square moving right from here stays inside for 43 frames
@@ -184,29 +192,18 @@ def test_inp_last_frame_is_the_end_image(inp_results) -> None:
 
 # ---- c. context windows: 4x the trained length, one object moving smoothly --------------------
 
-def test_context_windows_four_times_the_trained_length(t2v) -> None:
-    context = ContextOptions(CONTEXT_WINDOW, CONTEXT_OVERLAP)  # static schedule, pyramid weights
-    smooth, right, steps, coverages, whole = [], [], [], [], []
-    for seed in CONTEXT_SEEDS:
-        request = GenerateRequest(prompt=CONTEXT_PROMPT, frames=CONTEXT_FRAMES, height=HEIGHT, width=WIDTH,
-                                  steps=STEPS, cfg=CFG, seed=seed, context=context)
-        video = generate(t2v, request)
-        assert video.shape == (CONTEXT_FRAMES, HEIGHT, WIDTH, 3)
-        found = analyse(video)
-        step = largest_step(found.track)
-        smooth.append(found.coverage >= MIN_COVERAGE and step <= MAX_STEP_PX)
-        whole.append(found.coverage >= MIN_COVERAGE and step <= CONTEXT_JUMP_MAX_PX)
-        right.append(found.direction == "right")
-        steps.append(step)
-        coverages.append(found.coverage)
-        logger.info("context seed %d: %s, largest step %.2f px", seed, found, step)
-    rates = {"smooth": sum(smooth) / len(smooth), "right": sum(right) / len(right),
-             "one_object": sum(whole) / len(whole)}
-    line = _result(f"context windows {CONTEXT_FRAMES} frames in {CONTEXT_WINDOW}/{CONTEXT_OVERLAP} "
-                   f"({len(CONTEXT_SEEDS)} seeds)", **rates, coverage_min=min(coverages),
-                   largest_step_px=[round(s, 2) for s in steps])
-    assert rates["one_object"] == 1.0, line
-    assert rates["right"] >= CONTEXT_RIGHT_FLOOR, f"right {rates['right']:.2f} < {CONTEXT_RIGHT_FLOOR}; {line}"
+@pytest.mark.parametrize("times", [2, 4])
+def test_context_windows_at_two_and_four_times_the_trained_length(t2v, times: int) -> None:
+    frames = times * (FRAMES - 1) + 1  # 33, 65
+    context = ContextOptions(CONTEXT_WINDOW, CONTEXT_OVERLAP, weights="causal")  # static schedule
+    rates = long_rates(t2v, context, frames, CONTEXT_SEEDS, STEPS, CFG)
+    line = _result(f"context windows {frames} frames ({times}x) in {CONTEXT_WINDOW}/{CONTEXT_OVERLAP}, causal "
+                   f"({CONTEXT_SEEDS * len(PROMPTS)} videos)", **rates)
+    floors = {2: {"one_object": CONTEXT_2X_ONE_OBJECT_FLOOR, "smooth": CONTEXT_2X_SMOOTH_FLOOR,
+                  "direction": CONTEXT_2X_DIRECTION_FLOOR},
+              4: {"one_object": CONTEXT_4X_ONE_OBJECT_FLOOR, "direction": CONTEXT_4X_DIRECTION_FLOOR}}[times]
+    for name, floor in floors.items():
+        assert rates[name] >= floor, f"{name} {rates[name]:.2f} < {floor}; {line}"
 
 
 # ---- d. chained extension: the motion and the colours continue across the seams ------------------
