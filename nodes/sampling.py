@@ -92,8 +92,8 @@ class CogVideoXContextOptions:
                             "looped: the last window wraps to the start (loops)."),
             "weights": tip(list(WEIGHTINGS), "How overlapping windows are blended: pyramid ramps, flat "
                            "averages; causal takes each frame from the first window that covers it, so "
-                           "later windows continue earlier ones (no cross-fades; the first window is "
-                           "what a short video of the same seed shows).", default="pyramid"),
+                           "later windows continue earlier ones (no cross-fades; with DDIM the first "
+                           "window is the short video of the same seed).", default="pyramid"),
             "batch_windows": int_input("Windows denoised together in one model call: 1 needs the memory "
                                        "of one window; more is faster where memory allows.", 1, 1, 64),
         }}

@@ -20,7 +20,7 @@ import torch
 
 FRAMES, HEIGHT, WIDTH = 17, 64, 96  # 5 latent frames of 8x12 (CogVideoX's 2:3 frame): the trained clip
 HALF_SIZE = 10.0  # px: circle radius, half the square's side
-SPEED = 1.0  # px per frame: 64 frames (4x the clip) still cross the frame without leaving it
+SPEED = 1.0  # px per frame: 65 frames (4x the clip) travel 64 px, more room than most starts leave: the torus
 MARGIN = 1.0  # px kept free between the shape and the frame's edge
 SUPERSAMPLE = 4  # samples per pixel and axis (anti-aliasing)
 
