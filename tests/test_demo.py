@@ -102,6 +102,8 @@ def test_flags_pass_on() -> None:
                                                                65, 64, 48)
     assert (gen.context_frames, gen.context_overlap, gen.context_schedule) == (17, 8, "uniform")
     assert gen.context_weights == "causal"  # the demo's default (benchmarks/tiny_world/long_video.py)
+    defaults = generate_args("--frames", "65", "--context-frames", "17")
+    assert (defaults.context_overlap, defaults.context_weights) == (16, "causal")
     assert generate_args("--frames", "65", "--context-frames", "17", "--context-weights", "flat").context_weights == "flat"
     assert (gen.steps, gen.cfg, gen.seed) == (7, 4.5, 3)
 

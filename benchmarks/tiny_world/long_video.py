@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", default="t2v", choices=("t2v",))
     p.add_argument("--frames", type=int, default=4 * (FRAMES - 1) + 1)
-    p.add_argument("--overlap", type=int, default=8, help="window overlap in pixel frames")
+    p.add_argument("--overlap", type=int, default=16, help="window overlap in pixel frames (the demo's)")
     p.add_argument("--weights", default="pyramid,flat,causal")
     p.add_argument("--schedule", default="static")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (4 prompts)")
