@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.tiny_world import evaluate
 from benchmarks.tiny_world.analyse import analyse, foreground_mask, largest_step
-from benchmarks.tiny_world.long_video import PROMPTS, long_rates
+from benchmarks.tiny_world.long_video import MIN_COVERAGE, PROMPTS, SMOOTH_PX, long_rates
 from benchmarks.tiny_world.models import DATA, load_models
 from benchmarks.tiny_world.train_lora import LoraAdapters, lora_path, merged_lora
 from benchmarks.tiny_world.world import FRAMES, HEIGHT, WIDTH, make_clip, parse_caption, render, sample_scenes
@@ -78,8 +78,8 @@ STEPS, CFG = 20, 6.0
 INP_MAD_MAX = 0.06  # mean abs pixel difference (0..1) of a frame "close" to its image
 INP_POS_PX = 3.0  # centroid distance of a frame "close" to its image
 INP_END_POS_PX = 8.0  # the same for the end image (see INP_END_FLOOR)
-MAX_STEP_PX = 4.0  # the world moves 1 px/frame: a larger centroid step is a jump
-MIN_COVERAGE = 0.9  # share of frames with one shape in them
+MAX_STEP_PX = SMOOTH_PX  # 4 px: the world moves 1 px/frame, a larger centroid step is a jump
+# MIN_COVERAGE (0.9, long_video's): share of frames with one shape in them
 SEAM_COLOUR_MAX = 0.1  # mean foreground RGB (0..1) difference across a chain seam
 TILED_TOL = 5e-5  # exact tiled decode vs vae.decode in fp32 (tests/test_tiling.py's bound; observed <= 1e-5)
 

@@ -125,14 +125,13 @@ def _transformer_options(args: argparse.Namespace, device, dtype) -> dict[str, A
             "weight_dtype": weight_dtype, "fp8_compute": not args.no_fp8_matmul}
 
 
-def _add_long_video(p: argparse.ArgumentParser, context_overlap: int = 16, prompts_file: bool = True,
-                    context_weights: str = "pyramid") -> None:
-    """The long-video flags (``demo``: its own overlap and weights defaults, no ``--prompts-file``)."""
+def _add_long_video(p: argparse.ArgumentParser, prompts_file: bool = True, context_weights: str = "pyramid") -> None:
+    """The long-video flags (``demo``: its own weights default, no ``--prompts-file``)."""
     from ..sampling.windows import SCHEDULES, WEIGHTINGS
 
     g = p.add_argument_group("long video", "context windows inside one run, or a chain of runs")
     g.add_argument("--context-frames", type=int, help="context window length in frames (long videos)")
-    g.add_argument("--context-overlap", type=int, default=context_overlap, help="context window overlap in frames")
+    g.add_argument("--context-overlap", type=int, default=16, help="context window overlap in frames")
     g.add_argument("--context-schedule", choices=tuple(SCHEDULES), default="static",
                    help="static windows, uniform (seams move every step) or looped (seamless loops)")
     g.add_argument("--context-weights", choices=WEIGHTINGS, default=context_weights,

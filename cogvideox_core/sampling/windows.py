@@ -302,17 +302,13 @@ def causal_weights(windows: Sequence[Sequence[int]], num_frames: int,
     seed, a sampler that draws no noise per step: DDIM). Every frame's weights sum to 1; a
     window whose frames are all covered before it gets all zeros (it is still run).
     """
-    _check_windows(windows, num_frames)
+    _coverage(windows, num_frames)
     seen = torch.zeros(num_frames, dtype=torch.bool)
     out = []
     for w in windows:
         idx = torch.as_tensor(list(w))
         out.append((~seen[idx]).to(dtype))
         seen[idx] = True
-    if not bool(seen.all()):
-        uncovered = (~seen).nonzero().flatten().tolist()[:8]
-        raise ValueError(f"windows leave frames {uncovered} of num_frames={num_frames} "
-                         f"uncovered: every frame must be in a window")
     return out
 
 
@@ -325,6 +321,20 @@ def _check_windows(windows: Sequence[Sequence[int]], num_frames: int) -> None:
                              f"[0, num_frames={num_frames}) and the window not empty")
         if len(set(w)) != len(w):
             raise ValueError(f"windows[{i}]: a frame appears twice in one window")
+
+
+def _coverage(windows: Sequence[Sequence[int]], num_frames: int) -> list[int]:
+    """How many windows cover each frame; ``ValueError`` for bad windows or a frame no window covers."""
+    _check_windows(windows, num_frames)
+    counts = [0] * num_frames
+    for w in windows:
+        for f in w:
+            counts[f] += 1
+    uncovered = [f for f, c in enumerate(counts) if c == 0]
+    if uncovered:
+        raise ValueError(f"windows leave frames {uncovered[:8]} of num_frames={num_frames} "
+                         f"uncovered: every frame must be in a window")
+    return counts
 
 
 def _shared_run(window: Sequence[int], counts: list[int]) -> int:
@@ -349,15 +359,7 @@ def window_weights(windows: Sequence[Sequence[int]], num_frames: int, weights_na
     if check_weights(weights_name) == CAUSAL:
         return causal_weights(windows, num_frames, dtype)
     fn = get_weights(weights_name)
-    _check_windows(windows, num_frames)
-    counts = [0] * num_frames  # windows covering each frame
-    for w in windows:
-        for f in w:
-            counts[f] += 1
-    uncovered = [f for f, c in enumerate(counts) if c == 0]
-    if uncovered:
-        raise ValueError(f"windows leave frames {uncovered[:8]} of num_frames={num_frames} "
-                         f"uncovered: every frame must be in a window")
+    counts = _coverage(windows, num_frames)
     memo: dict[tuple[int, int, int], torch.Tensor] = {}  # most windows share one shape
     raw = []
     for w in windows:
