@@ -14,6 +14,7 @@ import torch
 from ..cogvideox_core.families import FAMILY_NAMES
 from ..cogvideox_core.loading.gguf_file import gguf_layers
 from ..cogvideox_core.loading.lora import load_lora
+from ..cogvideox_core.loading.lora_apply import weight_shapes
 from ..cogvideox_core.loading.text import load_text_encoder
 from ..cogvideox_core.quant import QuantizedLinear
 from ..cogvideox_core.loading.weights import (COMPUTE_DTYPES, FP8_DTYPES, INT8_DTYPES, load_scheduler_config,
@@ -148,7 +149,10 @@ class CogVideoXLoraLoader:
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             "model": tip(MODEL, "The model to add the LoRA to."),
-            "lora": tip(host.list_models("lora"), "A LoRA .safetensors file from models/loras."),
+            "lora": tip(host.list_models("lora"), "A LoRA .safetensors file from models/loras. Last in the "
+                        "list: the tiny demo LoRA shipped with the pack ('... (shipped demo)'), for the "
+                        "tiny text-to-video model: every shape comes out blue, whatever colour the "
+                        "prompt asks for."),
             "strength": float_input("How strongly the LoRA changes the weights (0 = off, negative "
                                     "inverts it).", 1.0, -10.0, 10.0),
         }}
@@ -158,7 +162,7 @@ class CogVideoXLoraLoader:
         if strength == 0.0:
             return (model,)
         path = host.model_path("lora", lora, "lora")
-        weights = load_lora(path, _weight_shapes(model.model))
+        weights = load_lora(path, weight_shapes(model.model))
         at_compute = {f"{n}.weight" for n in gguf_layers(model.model)} & set(weights)
         merged = {k: w for k, w in weights.items() if k not in at_compute}
         _check_quantized_patching(model, lora, merged)
@@ -167,15 +171,6 @@ class CogVideoXLoraLoader:
         for key in sorted(at_compute):  # GGUF blocks stay as they are: the update is added at compute
             host.add_layer_lora(patcher, key[: -len(".weight")], strength, weights[key])
         return (dataclasses.replace(model, patcher=patcher, loras=(*model.loras, f"{lora}:{strength:g}")),)
-
-
-def _weight_shapes(model: torch.nn.Module) -> dict[str, tuple[int, ...]]:
-    """The model's state-dict shapes, a GGUF layer's weight as its real [out, in] (stored: bytes)."""
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    for name in gguf_layers(model):
-        layer = model.get_submodule(name)
-        shapes[f"{name}.weight"] = (layer.out_features, layer.in_features)
-    return shapes
 
 
 def _check_quantized_patching(model: ModelHandle, lora: str, keys: Any) -> None:

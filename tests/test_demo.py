@@ -106,6 +106,25 @@ def test_flags_pass_on() -> None:
     assert (defaults.context_overlap, defaults.context_weights) == (16, "causal")
     assert generate_args("--frames", "65", "--context-frames", "17", "--context-weights", "flat").context_weights == "flat"
     assert (gen.steps, gen.cfg, gen.seed) == (7, 4.5, 3)
+    assert gen.lora is None
+    lora = generate_args("--lora", "every_shape_blue:0.5", "--lora", "mine.safetensors").lora
+    assert lora == [f"{demo.SHIPPED_LORAS['every_shape_blue']}:0.5", "mine.safetensors"]
+
+
+def test_the_shipped_lora_paints_a_red_prompt_blue(tmp_path: Path, keep_threads: None,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    """``--lora every_shape_blue``: the shipped LoRA (trained by benchmarks/tiny_world/train_lora.py)
+    through ``generate --lora``; the analyser reads the colour back (strength 0: the prompt's red)."""
+    from benchmarks.tiny_world.analyse import analyse
+
+    colours = {}
+    for strength in ("0", "1"):
+        out = tmp_path / f"lora{strength}.safetensors"
+        assert main(["demo", "--lora", f"every_shape_blue:{strength}", "--out", str(out)]) == 0
+        colours[strength] = analyse(load_file(out)["frames"]).colour
+    line = capsys.readouterr().out.splitlines()[-2]
+    assert "LoRA every_shape_blue.safetensors at 1" in line and demo.DEFAULT_PROMPT in line, line
+    assert colours == {"0": "red", "1": "blue"}
 
 
 def test_start_and_end_images_run(tmp_path: Path, keep_threads: None, capsys: pytest.CaptureFixture) -> None:
@@ -131,13 +150,17 @@ def test_random_still_works(tmp_path: Path, keep_threads: None, capsys: pytest.C
     (["--random", "--image", "start.png"], ["--image start.png with --random"]),
     (["--random", "--end-image", "end.png"], ["--end-image end.png with --random"]),
     (["--random", "--extend-chunks", "2"], ["--extend-chunks 2 with --random"]),
+    (["--random", "--lora", "every_shape_blue"], ["--lora every_shape_blue with --random"]),
+    (["--lora", "missing.safetensors"], ["--lora missing.safetensors", "no such file"]),
+    (["--lora", "every_shape_blue:x"], ["every_shape_blue.safetensors:x", "'x' is not a number"]),
     (["--family", "5b"], ["--family 5b: only with --random"]),
     (["--out", "demo.gif"], ["--out demo.gif", ".mp4 or .safetensors"]),
     (["--random", "--out", "demo.gif"], ["--out demo.gif"]),
     (["--steps", "0"], ["--steps 0"]),
     (["--cfg", "nan"], ["--cfg nan"]),
 ], ids=["missing-image", "folder-end-image", "random-image", "random-end-image", "random-extend",
-        "family-without-random", "out-gif", "random-out-gif", "steps", "cfg"])
+        "random-lora", "missing-lora", "lora-strength", "family-without-random", "out-gif", "random-out-gif",
+        "steps", "cfg"])
 def test_refusals_before_loading(extra: list[str], words: list[str], tmp_path: Path, no_loading: None,
                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     monkeypatch.chdir(tmp_path)

@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -47,6 +48,7 @@ IMAGES_CLIP = {"colour": "red", "shape": "circle", "direction": "right", "start"
 # adds to the model's own ~0.014), centroid 0.5 px. A video that ignores the start image scores about
 # 1.0 of blank or more; the centroid bound is what pins the shape to where the image has it.
 FIRST_FRAME_SHARE, FIRST_FRAME_MAX_SHIFT = 0.75, 3.0
+LORA_PROMPT = "a red square moving left on a white background"  # the LoRA test's; the workflow's: blue
 FRAMES, SIZE = TINY_WORLD_SIZE["frames"], (TINY_WORLD_SIZE["width"], TINY_WORLD_SIZE["height"])
 
 logger = logging.getLogger(__name__)
@@ -69,13 +71,15 @@ def test_shipped_models_are_listed_last_and_resolved(tmp_path: Path, monkeypatch
     assert folders.list_models("vae")[-1] == folders.list_models("text_encoder")[-1] == folders.TINY_WORLD_NAME
     for (kind, name), path in expected.items():
         assert folders.model_path(kind, name, kind) == path
-    assert folders.list_models("lora") == []
+    assert folders.list_models("lora") == [folders.TINY_WORLD_LORA_NAME]
+    assert folders.model_path("lora", folders.TINY_WORLD_LORA_NAME, "lora") == world / "lora" / "every_shape_blue.safetensors"
     schedulers = [load_scheduler_config(world), load_scheduler_config(world / "inp")]
     assert all(s is not None and s.prediction_type == "v_prediction" for s in schedulers), schedulers
     absent = tmp_path / "absent"  # a partial checkout: the data folder without its weights
     monkeypatch.setattr(folders, "SHIPPED", tuple(folders.Shipped(s.kind, s.name, absent, absent)
                                                   for s in folders.SHIPPED))
     assert folders.list_models("transformer") == ["mine"] and folders.list_models("vae") == []
+    assert folders.list_models("lora") == []
     with pytest.raises(ValueError, match="shipped demo"):
         folders.model_path("vae", folders.TINY_WORLD_NAME, "vae")
 
@@ -90,12 +94,16 @@ def test_shipped_input_images_are_world_frames() -> None:
         assert (image - frame).abs().max() <= 1 / 255 + 1e-6, name
 
 
-def _run(server: LiveServer, workflow: Path) -> torch.Tensor:
-    """Run ``workflow`` unshrunk; its one mp4, checked for frame count and size, as [F, H, W, 3]."""
+def _run(server: LiveServer, workflow: Path, edit: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """Run ``workflow`` unshrunk (its API prompt changed by ``edit`` first, when given); its one
+    mp4, checked for frame count and size, as [F, H, W, 3]."""
     listed = server.object_info["CogVideoXModelLoader"]["input"]["required"]["model"][0]
     assert any(name.endswith("(shipped demo)") for name in listed), listed
+    prompt = server.prompt_from_workflow(workflow, {})
+    if edit is not None:
+        edit(prompt)
     start = time.monotonic()
-    run = server.run(server.prompt_from_workflow(workflow, {}))
+    run = server.run(prompt)
     seconds = time.monotonic() - start
     assert run.status == "success", (json.dumps(run.message("execution_error"), indent=1)[-4000:]
                                      + "\n" + server.log()[-3000:])
@@ -116,6 +124,31 @@ def test_tiny_world_text_to_video_shows_the_prompt(server: LiveServer) -> None:
                     "shape": found.shape, "direction": found.direction, "coverage": found.coverage})
     logger.info("%s on %s: %s", T2V.stem, server.generation, found)
     assert (found.colour, found.direction) == (wanted.colour, wanted.direction), found
+
+
+def _red_prompt_through_the_shipped_lora(prompt: dict) -> None:
+    """Ask for red; put the shipped LoRA (every shape blue) between the model loader and its users."""
+    (loader,) = [k for k, n in prompt.items() if n["class_type"] == "CogVideoXModelLoader"]
+    for node in prompt.values():
+        if "positive" in node["inputs"]:
+            node["inputs"]["positive"] = LORA_PROMPT
+        for name, value in node["inputs"].items():
+            if value == [loader, 0]:
+                node["inputs"][name] = ["lora", 0]
+    prompt["lora"] = {"class_type": "CogVideoXLoraLoader",
+                      "inputs": {"model": [loader, 0], "lora": folders.TINY_WORLD_LORA_NAME, "strength": 1.0}}
+
+
+@needs_host
+def test_tiny_world_lora_from_the_dropdown_paints_the_shape_blue(server: LiveServer) -> None:
+    """The shipped LoRA, picked in the LoRA node's dropdown (last, '... (shipped demo)'), turns a
+    red prompt's shape blue in the text-to-video workflow; the motion stays the prompt's."""
+    listed = server.object_info["CogVideoXLoraLoader"]["input"]["required"]["lora"][0]
+    assert listed[-1] == folders.TINY_WORLD_LORA_NAME, listed
+    found, wanted = analyse(_run(server, T2V, _red_prompt_through_the_shipped_lora)), parse_caption(LORA_PROMPT)
+    TIMINGS.append({"host": server.generation, "workflow": f"{T2V.stem} + shipped LoRA", "prompt": LORA_PROMPT,
+                    "colour": found.colour, "direction": found.direction, "coverage": found.coverage})
+    assert (found.colour, found.direction) == ("blue", wanted.direction), found
 
 
 @needs_host

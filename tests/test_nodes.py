@@ -163,7 +163,9 @@ def test_dropdowns_list_diffusers_folders_and_single_files() -> None:
     assert not any("/" in n for n in transformers)  # no files inside a diffusers tree
     assert "cogvideox_vae_tiny" in host.list_models("vae")
     assert {"t5_tiny.safetensors", "CogVideoX-2b"} <= set(host.list_models("text_encoder"))
-    assert host.list_models("lora") == ["tiny_kohya.safetensors", "tiny_peft.safetensors"]
+    loras = host.list_models("lora")  # then the shipped demo LoRA (test_host_tiny_world)
+    assert loras[:2] == ["tiny_kohya.safetensors", "tiny_peft.safetensors"]
+    assert all(n.endswith("(shipped demo)") for n in loras[2:]), loras
 
 
 def test_single_files_in_subfolders_are_listed_as_files(tmp_path: Path, models_dir: Path,

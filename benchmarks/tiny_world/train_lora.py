@@ -152,23 +152,19 @@ def train_lora(models, colour: str = "blue", minutes: float = 3.0, steps: int | 
 @contextlib.contextmanager
 def merged_lora(transformer: nn.Module, path: str | Path, strength: float = 1.0) -> Iterator[dict]:
     """``transformer`` with the LoRA file at ``path`` merged in (``W + strength * scale * up @
-    down``, read by :func:`cogvideox_core.loading.lora.load_lora`, as the LoRA node and the host
-    tests apply it) inside the ``with``; the weights are restored after it. Yields the
+    down``: :func:`cogvideox_core.loading.lora_apply.apply_lora`, as ``generate --lora`` applies
+    it) inside the ``with``; the weights are restored after it. Yields the
     :class:`~cogvideox_core.loading.lora.LoraWeight` per weight key."""
-    from cogvideox_core.loading.lora import load_lora
+    from cogvideox_core.loading.lora_apply import apply_lora
 
-    shapes = {k: tuple(v.shape) for k, v in transformer.state_dict().items()}
-    weights = load_lora(path, shapes)
-    params = dict(transformer.named_parameters())
-    saved = {k: params[k].data.clone() for k in weights}
+    saved = {k: v.detach().clone() for k, v in transformer.named_parameters()}
     try:
-        with torch.no_grad():
-            for key, w in weights.items():
-                params[key].data += strength * w.delta(params[key].device).to(params[key].dtype)
+        weights = apply_lora(transformer, path, strength)
         yield weights
     finally:
-        for key, data in saved.items():
-            params[key].data = data
+        with torch.no_grad():
+            for key, param in transformer.named_parameters():
+                param.copy_(saved[key])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -23,6 +23,10 @@ DEFAULT_STEPS = 20
 DEFAULT_CFG = 6.0
 RANDOM_SIZE = {"frames": 25, "height": 96, "width": 160}  # --random's default
 INP_FLAGS = ("image", "end_image")  # given: the Fun InP model
+SHIPPED_LORAS = {"every_shape_blue": TRAINED / "lora" / "every_shape_blue.safetensors"}  # --lora NAME
+LORA_HELP = ("PATH[:STRENGTH]: a LoRA merged into the tiny transformer (default strength 1), or the "
+             f"name of the one shipped with it: {', '.join(SHIPPED_LORAS)} (paints every shape blue, "
+             "whatever colour the prompt asks for); repeat for several")
 
 
 def _one_of(words: tuple[str, ...]) -> str:
@@ -75,11 +79,14 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.random:
         if args.extend_chunks > 1:
             given.append("extend_chunks")
+        if args.lora:
+            given.append("lora")
         if given:
             value = getattr(args, given[0])
-            raise ValueError(f"{flag(given[0])} {value} with --random: the random models take no images "
-                             "and no chain; drop --random (the trained Fun InP model takes --image, "
-                             "--end-image and --extend-chunks)")
+            value = " ".join(value) if isinstance(value, list) else value  # --lora: repeatable
+            raise ValueError(f"{flag(given[0])} {value} with --random: the random models take no images, "
+                             "no chain and no LoRA; drop --random (the trained Fun InP model takes "
+                             "--image, --end-image and --extend-chunks, the trained models --lora)")
         return
     if args.family is not None:
         raise ValueError(f"--family {args.family}: only with --random (the trained models are one 2B "
@@ -115,6 +122,7 @@ def trained_generate_argv(args: argparse.Namespace) -> list[str]:
     for name in INP_FLAGS:
         if getattr(args, name) is not None:
             argv.append(f"--{name.replace('_', '-')}={getattr(args, name)}")
+    argv += [f"--lora={shipped_lora(spec)}" for spec in args.lora or ()]
     if args.context_frames is not None:
         argv += [f"--context-frames={args.context_frames}", f"--context-overlap={args.context_overlap}",
                  f"--context-schedule={args.context_schedule}", f"--context-weights={args.context_weights}",
@@ -122,18 +130,29 @@ def trained_generate_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def shipped_lora(spec: str) -> str:
+    """``--lora``'s value with a shipped LoRA's name (:data:`SHIPPED_LORAS`, before any
+    ``:STRENGTH``) replaced by its file; anything else unchanged (a path)."""
+    name, sep, strength = spec.partition(":")
+    if name in SHIPPED_LORAS and not Path(name).exists():
+        return f"{SHIPPED_LORAS[name]}{sep}{strength}"
+    return spec
+
+
 def describe_trained(gen: argparse.Namespace) -> str:
     """The demo's line on the model ``generate`` will run (headers only)."""
     from ..loading.weights import inspect_path
+    from .preflight import check_loras
 
     info = inspect_path(gen.model)
     params = sum(math.prod(e.shape) for e in info.components["transformer"].index.values())
     kind = "start/end-frame (Fun InP)" if Path(gen.model) != TRAINED else "text-to-video"
     where = Path(gen.model).relative_to(TRAINED.parents[2])
+    loras = "".join(f", LoRA {Path(p).name} at {s:g}" for p, s in check_loras(gen))
     return (f"demo: tiny {info.family} {kind} model trained on moving shapes ({params:,} transformer "
-            f"parameters, {where}), {gen.steps} steps, cfg {gen.cfg:g}: '{gen.prompt}'")
+            f"parameters, {where}){loras}, {gen.steps} steps, cfg {gen.cfg:g}: '{gen.prompt}'")
 
 
-__all__ = ["run_demo", "check_flags", "trained_model", "trained_generate_argv", "describe_trained",
+__all__ = ["run_demo", "check_flags", "trained_model", "trained_generate_argv", "shipped_lora", "describe_trained",
            "TRAINED", "WORLD", "DEFAULT_PROMPT", "PROMPT_HELP", "TRAINED_SIZE", "RANDOM_SIZE",
-           "DEFAULT_STEPS", "DEFAULT_CFG"]
+           "DEFAULT_STEPS", "DEFAULT_CFG", "SHIPPED_LORAS", "LORA_HELP"]

@@ -43,6 +43,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vae", help="VAE folder or file (default: from --model)")
     p.add_argument("--text-encoder", help="T5 encoder folder or file (default: from --model)")
     p.add_argument("--family", help="family name where the weights cannot tell (see `info`)")
+    _add_lora(p)
     p.add_argument("--prompt", help="what the video shows (required unless --prompts-file)")
     p.add_argument("--negative", default="", help="negative prompt (default: empty)")
     p.add_argument("--image", action="append", help="start image; repeat for several known start "
@@ -82,6 +83,12 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output .mp4 or .safetensors (with batch flags: the "
                    "name the outputs and the manifest are named after)")
     p.set_defaults(run=run_generate)
+
+
+def _add_lora(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]",
+                   help="a LoRA .safetensors file (diffusers/PEFT or kohya keys) merged into the "
+                        "transformer at STRENGTH (default 1; negative inverts it); repeat for several")
 
 
 def _add_speed(p: argparse.ArgumentParser) -> None:
@@ -162,6 +169,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = preflight.check_out(args)
     items = _batch_items(args, out)  # None: one video
     sizes = preflight.check_components(args)
+    preflight.check_loras(args)
     family = _family_from_headers(args.model, args.family)
     request, chain, plan = _request(args, family, None if items is None else items[0].prompt)
     parallel = _parallel(args, family, request, items, chain)
@@ -390,11 +398,14 @@ def _same_size(name: str, images: list, paths: list[str]):
 
 def _load(args: argparse.Namespace, family: str, dtype, runtime, options: dict[str, Any] | None = None):
     from ..generation.pipeline import Models
+    from ..loading.lora_apply import apply_lora
     from ..loading.text import load_text_encoder
     from ..loading.weights import load_scheduler_config, load_transformer, load_vae
 
     device = runtime.device
     transformer, fam = load_transformer(args.model, dtype, device, family=family, **(options or {}))
+    for path, strength in preflight.check_loras(args):
+        apply_lora(transformer, path, strength)
     vae = load_vae(args.vae or args.model, dtype, device)
     text = load_text_encoder(args.text_encoder or args.model, dtype, device)
     return Models(transformer.eval(), fam, vae.eval(), text, load_scheduler_config(args.model))
@@ -413,7 +424,7 @@ def _generate(models, request, runtime, chain=None):
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     from ..families import FAMILY_NAMES
-    from .demo import DEFAULT_CFG, DEFAULT_PROMPT, DEFAULT_STEPS, PROMPT_HELP, RANDOM_SIZE, TRAINED_SIZE
+    from .demo import DEFAULT_CFG, DEFAULT_PROMPT, DEFAULT_STEPS, LORA_HELP, PROMPT_HELP, RANDOM_SIZE, TRAINED_SIZE
 
     p = sub.add_parser("demo", help="make a video with the tiny models shipped in the pack (seconds, CPU)",
                        description="Run prompt -> sampling -> decode -> mp4 on the tiny CogVideoX models "
@@ -425,6 +436,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help=PROMPT_HELP)
     p.add_argument("--image", help="start image (the Fun InP tiny model)")
     p.add_argument("--end-image", help="end image (the Fun InP tiny model)")
+    p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]", help=LORA_HELP)
     p.add_argument("--random", action="store_true", help="a tiny random model of --family instead (noise: "
                    "the code path only)")
     p.add_argument("--family", choices=FAMILY_NAMES, help="with --random (default 5b)")

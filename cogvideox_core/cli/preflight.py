@@ -202,6 +202,19 @@ class ComponentSizes:
         return total - self.block_weights * (dtype.itemsize - weight_dtype.itemsize)
 
 
+def check_loras(args: argparse.Namespace) -> list[tuple[Path, float]]:
+    """``--lora PATH[:STRENGTH]`` flags: files that exist, finite strengths, and weights they can
+    be merged into (not int8 or fp8 storage)."""
+    from ..loading.lora_apply import parse_lora_spec
+
+    specs = [parse_lora_spec(text) for text in getattr(args, "lora", None) or ()]
+    storage = getattr(args, "weight_dtype", "auto")
+    if specs and storage.startswith(("int8", "fp8")):
+        raise ValueError(f"--lora with --weight-dtype {storage}: a LoRA is merged into the weights and "
+                         "cannot be added to quantized ones; give --weight-dtype auto, bf16, fp16 or fp32")
+    return specs
+
+
 def check_components(args: argparse.Namespace) -> ComponentSizes:
     """Each weights flag holds the component it is given for (headers only)."""
     from ..errors import WeightsError

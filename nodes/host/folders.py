@@ -47,16 +47,20 @@ class Shipped:
 
 
 # The tiny demo models trained on benchmarks/tiny_world (one coloured shape moving on white,
-# 17 frames at 96x64): a text-to-video root and a Fun InP root (each with its scheduler/), and
-# the VAE and T5 both use. Listed after the user's models, when their weights are present.
+# 17 frames at 96x64): a text-to-video root and a Fun InP root (each with its scheduler/), the
+# VAE and T5 both use, and a LoRA that paints every shape blue. Listed after the user's models,
+# when their weights are present.
 TINY_WORLD = Path(__file__).resolve().parents[2] / "cogvideox_core" / "data" / "tiny_world"
 TINY_WORLD_NAME = "cogvideox-tiny-world (shipped demo)"
 TINY_WORLD_INP_NAME = "cogvideox-tiny-world-inp (shipped demo)"
+TINY_WORLD_LORA_NAME = "cogvideox-tiny-world every shape blue (shipped demo)"
+_TINY_LORA = TINY_WORLD / "lora" / "every_shape_blue.safetensors"  # for the text-to-video model
 SHIPPED: tuple[Shipped, ...] = (
     Shipped("transformer", TINY_WORLD_NAME, TINY_WORLD, TINY_WORLD / "transformer"),
     Shipped("transformer", TINY_WORLD_INP_NAME, TINY_WORLD / "inp", TINY_WORLD / "inp" / "transformer"),
     Shipped("vae", TINY_WORLD_NAME, TINY_WORLD / "vae", TINY_WORLD / "vae"),
     Shipped("text_encoder", TINY_WORLD_NAME, TINY_WORLD / "text_encoder", TINY_WORLD / "text_encoder"),
+    Shipped("lora", TINY_WORLD_LORA_NAME, _TINY_LORA, _TINY_LORA),
 )
 
 # Roots without ComfyUI (tests set these; else COGVIDEOX_MODELS_DIR / COGVIDEOX_OUTPUT_DIR).
@@ -166,8 +170,14 @@ def _file_extensions(kind: str) -> tuple[str, ...]:
 
 def shipped_models(kind: str) -> dict[str, Path]:
     """The shipped models of ``kind`` whose weights are present: dropdown name -> path."""
-    return {s.name: s.path for s in SHIPPED
-            if s.kind == kind and (s.weights / "config.json").is_file() and _has_weights(s.weights)}
+    return {s.name: s.path for s in SHIPPED if s.kind == kind and _present(s.weights)}
+
+
+def _present(weights: Path) -> bool:
+    """A shipped weights file, or a folder with its config and weights."""
+    if weights.suffix in WEIGHT_EXTENSIONS:
+        return weights.is_file()
+    return (weights / "config.json").is_file() and _has_weights(str(weights))
 
 
 def list_models(kind: str) -> list[str]:
