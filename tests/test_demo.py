@@ -144,6 +144,25 @@ def test_random_still_works(tmp_path: Path, keep_threads: None, capsys: pytest.C
     assert count_frames(out) == 25
 
 
+def test_random_takes_the_prompt_and_the_guidance(tmp_path: Path, keep_threads: None,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    """--prompt and --cfg reach the random model (they used to be dropped silently)."""
+    def frames(name: str, *extra: str) -> torch.Tensor:
+        out = tmp_path / f"{name}.safetensors"
+        assert main(["demo", "--random", "--steps", "2", "--frames", "9", "--height", "32", "--width", "48",
+                     "--out", str(out), *extra]) == 0
+        return load_file(out)["frames"]
+
+    base = frames("base")
+    assert f"cfg 6: '{demo.DEFAULT_PROMPT}'" in capsys.readouterr().out
+    other_prompt = frames("prompt", "--prompt", "a green square moving up on a white background")
+    assert "'a green square moving up on a white background'" in capsys.readouterr().out
+    other_cfg = frames("cfg", "--cfg", "1")
+    assert "cfg 1: " in capsys.readouterr().out
+    assert not torch.equal(base, other_prompt) and not torch.equal(base, other_cfg)
+    assert torch.equal(base, frames("again")), "the same flags must give the same video"
+
+
 @pytest.mark.parametrize("extra, words", [
     (["--image", "missing.png"], ["--image missing.png", "no such file"]),
     (["--end-image", "."], ["--end-image .", "is a folder"]),

@@ -40,9 +40,10 @@ PROMPT_HELP = (f"default: '{DEFAULT_PROMPT}'; the tiny models learned 'a {_one_o
 
 def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames: int = 25,
              height: int = 96, width: int = 160, steps: int = 20, seed: int = 0,
-             show_progress: bool = True, context: object | None = None) -> dict[str, object]:
-    """Build a tiny random ``family`` model in memory and run the whole chain: prompt,
-    sampling, decode, mp4 (or ``.safetensors``); ``context``: a
+             show_progress: bool = True, context: object | None = None,
+             prompt: str = DEFAULT_PROMPT, cfg: float = DEFAULT_CFG) -> dict[str, object]:
+    """Build a tiny random ``family`` model in memory and run the whole chain: ``prompt``,
+    sampling at guidance ``cfg``, decode, mp4 (or ``.safetensors``); ``context``: a
     :class:`~cogvideox_core.sampling.windows.ContextOptions` for long videos. Returns what it did."""
     from ..families import get_family
     from ..generation.pipeline import GenerateRequest, generate
@@ -56,16 +57,15 @@ def run_demo(out: str | Path = "cogvideox_demo.mp4", family: str = "5b", frames:
     fam = models.family
     if fam.fixed_size is not None:  # 5B-I2V: the table's size only
         height, width = fam.fixed_size
-    request = GenerateRequest(prompt="A panda playing a guitar in a bamboo forest, sunlight",
-                              inputs=demo_inputs(fam, frames, height, width), frames=frames,
-                              height=height, width=width, steps=steps, seed=seed,
+    request = GenerateRequest(prompt=prompt, inputs=demo_inputs(fam, frames, height, width), frames=frames,
+                              height=height, width=width, steps=steps, cfg=cfg, seed=seed,
                               context=context)  # type: ignore[arg-type]
     video = generate(models, request, TorchRuntime(device="cpu", show_progress=show_progress))
     path = write_frames(video, Path(out), fam.fps)
     params = sum(p.numel() for p in models.transformer.parameters())
     return {"family": fam.name, "transformer_params": params, "frames": video.shape[0],
             "height": video.shape[1], "width": video.shape[2], "steps": steps,
-            "sampler": fam.recommended_sampler, "fps": fam.fps, "out": str(path),
+            "sampler": fam.recommended_sampler, "cfg": cfg, "prompt": prompt, "fps": fam.fps, "out": str(path),
             "seconds": round(time.monotonic() - start, 2)}
 
 

@@ -444,7 +444,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{name}", type=int, help=f"default: {TRAINED_SIZE[name]} (the trained clip), "
                        f"{RANDOM_SIZE[name]} with --random")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS)
-    p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="guidance scale (the trained models)")
+    p.add_argument("--cfg", type=float, default=DEFAULT_CFG, help="guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="CPU threads (default 1: a tiny model's "
                    "ops are too small to share, and a busy machine makes extra threads spin)")
@@ -475,9 +475,10 @@ def run_demo(args: argparse.Namespace) -> int:
         return run_generate(gen)
     size = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in RANDOM_SIZE.items()}
     info = demo(args.out, family=args.family or "5b", steps=args.steps, seed=args.seed,
-                context=_context(args), **size)
+                context=_context(args), prompt=args.prompt, cfg=args.cfg, **size)
     sys.stdout.write(f"demo: tiny random {info['family']} model ({info['transformer_params']:,} "
-                     f"transformer parameters), {info['steps']} {info['sampler']} steps\n"
+                     f"transformer parameters), {info['steps']} {info['sampler']} steps, cfg "
+                     f"{info['cfg']:g}: '{info['prompt']}'\n"
                      f"wrote {info['out']} ({info['frames']} frames, {info['width']}x{info['height']}, "
                      f"{info['fps']} fps) in {info['seconds']} s\n")
     return 0
