@@ -25,7 +25,7 @@ from cogvideox_core.sampling import (SAMPLER_NAMES, STOCHASTIC_SAMPLERS, Schedul
                                      make_schedule, schedule_sigmas, spaced_timesteps,
                                      timesteps_for_strength)
 
-import diffusers  # the oracle: installed by .ci/setup, never skipped
+import diffusers  # noqa: F401 the oracle: installed by .ci/setup, never skipped
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline  # noqa: E402
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_video2video import CogVideoXVideoToVideoPipeline  # noqa: E402
 
