@@ -149,3 +149,33 @@ def test_generate_refuses_before_loading(tiny_5b, lora_file: Path, tmp_path: Pat
     err = refused(capsys, argv)
     assert all(w in err for w in words), err
     assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("keys, words", [
+    ({"transformer_blocks.0.attn1.to_q.lora_A.weight": (4, 7), "transformer_blocks.0.attn1.to_q.lora_B.weight": (5, 4)},
+     ["does not fit the weight", "another model size"]),
+    ({"down_blocks.0.attentions.0.to_q.lora_A.weight": (4, 8), "down_blocks.0.attentions.0.to_q.lora_B.weight": (8, 4)},
+     ["no LoRA weight matches a module", "another model or family"]),
+    ({"not_a_lora": (3,)}, ["no LoRA weight matches", "not_a_lora"]),
+], ids=["other-size", "other-model", "no-lora-keys"])
+def test_a_lora_of_another_model_is_refused_from_its_header(tiny_5b, tmp_path: Path, no_loading: None,
+                                                           capsys: pytest.CaptureFixture, keys: dict,
+                                                           words: list[str]) -> None:
+    """The LoRA's keys and shapes are matched against the transformer's headers before any weights
+    load (the no_loading fixture fails the test if one does)."""
+    root, _models = tiny_5b
+    path = tmp_path / "other.safetensors"
+    save_file({k: torch.ones(shape) for k, shape in keys.items()}, str(path))
+    err = refused(capsys, ["generate", "--model", str(root), *ARGS, "--lora", str(path),
+                           "--out", str(tmp_path / "x.mp4")])
+    assert err.count("\n") <= 1 and f"--lora {path}" in err and all(w in err for w in words), err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_the_header_check_agrees_with_loading(tiny_5b, lora_file: Path) -> None:
+    from cogvideox_core.loading.lora import check_lora_file, load_lora
+    from cogvideox_core.loading.lora_apply import weight_shapes
+
+    _root, models = tiny_5b
+    shapes = weight_shapes(models.transformer)
+    assert check_lora_file(lora_file, shapes) == len(load_lora(lora_file, shapes)) > 0

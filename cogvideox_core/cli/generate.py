@@ -169,7 +169,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = preflight.check_out(args)
     items = _batch_items(args, out)  # None: one video
     sizes = preflight.check_components(args)
-    preflight.check_loras(args)
+    preflight.check_loras(args, fit=True)
     family = _family_from_headers(args.model, args.family)
     request, chain, plan = _request(args, family, None if items is None else items[0].prompt)
     parallel = _parallel(args, family, request, items, chain)

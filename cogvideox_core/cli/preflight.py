@@ -7,6 +7,7 @@ may not be, or lie inside, any input: a run never overwrites the user's weights 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ if TYPE_CHECKING:  # torch and the pipeline load inside the checks: `info` stays
     from ..families import Family, VAEConfig
     from ..generation.conditioning import ConditioningPlan
     from ..generation.pipeline import GenerateRequest
+
+logger = logging.getLogger(__name__)
 
 OUT_SUFFIXES = (".mp4", ".safetensors")
 MAX_STEPS = 1000  # the sampler node's bound
@@ -202,9 +205,10 @@ class ComponentSizes:
         return total - self.block_weights * (dtype.itemsize - weight_dtype.itemsize)
 
 
-def check_loras(args: argparse.Namespace) -> list[tuple[Path, float]]:
+def check_loras(args: argparse.Namespace, fit: bool = False) -> list[tuple[Path, float]]:
     """``--lora PATH[:STRENGTH]`` flags: files that exist, finite strengths, and weights they can
-    be merged into (not int8 or fp8 storage)."""
+    be merged into (not int8 or fp8 storage); with ``fit``, also that each file is a LoRA of
+    ``--model``'s transformer (both read from headers: before any weights load)."""
     from ..loading.lora_apply import parse_lora_spec
 
     specs = [parse_lora_spec(text) for text in getattr(args, "lora", None) or ()]
@@ -212,7 +216,25 @@ def check_loras(args: argparse.Namespace) -> list[tuple[Path, float]]:
     if specs and storage.startswith(("int8", "fp8")):
         raise ValueError(f"--lora with --weight-dtype {storage}: a LoRA is merged into the weights and "
                          "cannot be added to quantized ones; give --weight-dtype auto, bf16, fp16 or fp32")
+    if specs and fit:
+        _check_lora_fit(args, [path for path, _ in specs])
     return specs
+
+
+def _check_lora_fit(args: argparse.Namespace, paths: list[Path]) -> None:
+    from ..errors import WeightsError
+    from ..loading.files import index_shapes
+    from ..loading.lora import check_lora_file
+    from ..loading.weights import component_plan, find_component, plan_shapes
+
+    comp = find_component(args.model, "transformer")
+    shapes = plan_shapes(component_plan(comp), index_shapes(comp.index), comp.location)
+    for path in paths:
+        try:
+            count = check_lora_file(path, shapes)
+        except WeightsError as e:
+            raise WeightsError(f"--lora {e}") from None
+        logger.info("--lora %s: changes %d weights of %s", path, count, comp.location)
 
 
 def check_components(args: argparse.Namespace) -> ComponentSizes:

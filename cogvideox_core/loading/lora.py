@@ -97,6 +97,17 @@ def lora_weights(state: Mapping[str, torch.Tensor], shapes: Mapping[str, Sequenc
     is a LoRA of this model, or when an update's shape does not fit its weight; LoRA modules
     the model does not have are skipped with a warning (as ComfyUI does).
     """
+    out, skipped = _mapped(state, shapes, where)
+    if skipped:
+        logger.warning("%s: %d LoRA modules not in this model, skipped: %s", where, len(skipped),
+                       ", ".join(skipped[:4]))
+    logger.info("%s: %d weights patched", where, len(out))
+    return out
+
+
+def _mapped(state: Mapping[str, torch.Tensor], shapes: Mapping[str, Sequence[int]],
+            where: str) -> tuple[dict[str, LoraWeight], list[str]]:
+    """:func:`lora_weights`' mapping without its logs: (weights, LoRA modules skipped)."""
     modules = {k[: -len(".weight")] for k in shapes if k.endswith(".weight")}
     kohya = {p + m.replace(".", "_"): m for m in modules for p in _KOHYA_PREFIXES}
     groups: dict[str, dict[str, torch.Tensor]] = {}
@@ -119,11 +130,7 @@ def lora_weights(state: Mapping[str, torch.Tensor], shapes: Mapping[str, Sequenc
         sample = ", ".join((list(groups) or unknown_keys)[:3])
         raise WeightsError(f"{where}: no LoRA weight matches a module of this CogVideoX model "
                            f"(LoRA modules: {sample or 'none'}): a LoRA for another model or family")
-    if skipped:
-        logger.warning("%s: %d LoRA modules not in this model, skipped: %s", where, len(skipped),
-                       ", ".join(skipped[:4]))
-    logger.info("%s: %d weights patched", where, len(out))
-    return out
+    return out, skipped
 
 
 def _checked(target: str, parts: Mapping[str, torch.Tensor], shape: Sequence[int], where: str) -> LoraWeight:
@@ -148,4 +155,25 @@ def load_lora(path: str | Path, shapes: Mapping[str, Sequence[int]]) -> dict[str
     return lora_weights(state, shapes, str(path))
 
 
-__all__ = ["LoraWeight", "lora_weights", "load_lora"]
+def check_lora_file(path: str | Path, shapes: Mapping[str, Sequence[int]]) -> int:
+    """How many of a model's weights (state-dict ``shapes``, e.g. from file headers) the LoRA file
+    at ``path`` changes, read from its header and alpha values alone (no up/down weights):
+    the same ``WeightsError`` as :func:`load_lora` for a LoRA of another model, before anything
+    large is loaded."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                if key.endswith(".alpha"):
+                    state[key] = f.get_tensor(key)
+                else:
+                    state[key] = torch.empty(f.get_slice(key).get_shape(), device="meta")
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise WeightsError(f"{path}: cannot read as safetensors: {e}") from None
+    return len(_mapped(state, shapes, str(path))[0])
+
+
+__all__ = ["LoraWeight", "lora_weights", "load_lora", "check_lora_file"]
