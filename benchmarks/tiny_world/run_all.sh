@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
 # The whole training of the tiny world's models, from scratch, in fixed step counts (seeded: the
-# same command makes the same files), a little over an hour on a 2-core CPU: the frozen T5, the
-# VAE, the latent pool, the text-to-video transformer (6000 steps), the Fun InP transformer (4000
-# steps), the LoRA of the content tests, then the evaluation (not training: the rates of
-# evaluate.py). Every stage runs on both cores, one after the other: one process on 2 threads runs a
-# transformer step in 0.24 s, two 1-thread processes side by side 0.53 s each.
+# same command makes the same files on one machine; another CPU reduces in another order), on a
+# 2-core CPU: the frozen T5, the VAE, the latent pool, the text-to-video transformer (6000 steps),
+# the Fun InP transformer (4000 steps), the LoRA of the content tests, then the evaluation (not
+# training: the rates of evaluate.py). Every stage runs on both cores, one after the other: one
+# process on 2 threads ran a transformer step in 0.24 s, two 1-thread processes side by side 0.53 s
+# each. How long it takes depends on the machine: about 70 minutes of training computed from the morning's step times
+# (2026-12-04: VAE 0.86 s a step, transformer 0.24 s; not run whole there); the afternoon's machine ran the same steps
+# at 1.37 s and 0.55 s (VAE 35.6 min: 26.7 dB, 45 of 48 clips read back right; pool 4.5 min;
+# that run was stopped at text-to-video step 700 to give the CPU to CI): about 2 hours there.
 #   OUT=/tmp/tw WORK=/tmp/tw_work nohup nice -n 5 benchmarks/tiny_world/run_all.sh > train.log 2>&1 &
 # OUT defaults to ${TMPDIR:-/tmp}/tiny_world (OUT=cogvideox_core/data/tiny_world replaces the
 # shipped files). FROM=pool starts after the VAE; WAIT_PID waits for a running process first.
