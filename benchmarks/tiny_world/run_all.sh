@@ -19,6 +19,10 @@
 # colour (20/20) and shape (13/20) but not direction (5/20, every video moving up), while the Fun
 # InP model and the LoRA were at the shipped level; the same text-to-video model continued 1500
 # steps read 16 of 20 directions.
+# Tried for the 4x context windows (2026-12-04): the shipped text-to-video model continued on a
+# pool all on the torus (--wrap 1.0, --continue --lr 7e-4) 1500 and 3000 steps: at 65 frames smooth
+# in 4 and 2 of 8 videos (shipped: 3 of 8), at 17 frames smooth 17 of 20 (shipped 19): more
+# crossing clips do not teach the models to cross an edge, so the pool stays half on the torus.
 # The shipped models were trained in rounds as the world was being designed, each from the one
 # before (about 4 hours of CPU in all; this script, from scratch, has not made these files):
 # - VAE (--vae-init): 1642 + 774 + 782 steps on an earlier version of the world (64x64, more
