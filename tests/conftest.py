@@ -14,6 +14,15 @@ from tiny_models import HEIGHT, WIDTH, extra_model_paths, write_models
 from cogvideox_core.video_io import write_mp4
 
 
+@pytest.fixture
+def keep_threads():
+    """A test that sets torch's thread count (the demo's ``--threads``, a pinned count) gives the
+    test process its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """extra_model_paths.yaml of a folder of tiny models."""

@@ -76,14 +76,11 @@ def test_a_batch_equals_the_single_runs(family: str, cfg_batched: bool, batch_si
 
 
 @pytest.fixture
-def two_threads():
+def two_threads(keep_threads: None) -> None:
     """The CPU attention estimate counts per-thread blocks: with one thread this tiny model's
     sampling is so small that three videos fit where two do (the decode is the peak); two
     threads, whatever OMP_NUM_THREADS the run has, keep the rows apart."""
-    threads = torch.get_num_threads()
     torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_rows_follow_the_free_memory(batch_sizes: list[int], two_threads: None) -> None:

@@ -26,14 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 README_COMMAND = "python -m cogvideox_core demo --out demo.mp4"
 
 
-@pytest.fixture
-def keep_threads():
-    """The demo sets torch's thread count (``--threads``); give the test process its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 def demo_args(*extra: str) -> list[str]:
     return ["demo", "--out", "x.mp4", *extra]
 

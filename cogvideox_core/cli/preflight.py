@@ -223,12 +223,11 @@ def check_loras(args: argparse.Namespace, fit: bool = False) -> list[tuple[Path,
 
 def _check_lora_fit(args: argparse.Namespace, paths: list[Path]) -> None:
     from ..errors import WeightsError
-    from ..loading.files import index_shapes
     from ..loading.lora import check_lora_file
-    from ..loading.weights import component_plan, find_component, plan_shapes
+    from ..loading.weights import component_shapes, find_component
 
     comp = find_component(args.model, "transformer")
-    shapes = plan_shapes(component_plan(comp), index_shapes(comp.index), comp.location)
+    shapes = component_shapes(comp)
     for path in paths:
         try:
             count = check_lora_file(path, shapes)
@@ -260,11 +259,10 @@ def check_components(args: argparse.Namespace) -> ComponentSizes:
 
 def _block_weights(comp) -> dict[str, int]:
     """Values of the transformer weights fp8 and int8 storage apply to, and int8's rows."""
-    from ..loading.files import index_shapes
     from ..loading.quantized import INT8_TRANSFORMER_KEYS
-    from ..loading.weights import FP8_TRANSFORMER_KEYS, component_plan, plan_shapes
+    from ..loading.weights import FP8_TRANSFORMER_KEYS, component_shapes
 
-    shapes = plan_shapes(component_plan(comp), index_shapes(comp.index), comp.location)
+    shapes = component_shapes(comp)
     int8 = [shape for key, shape in shapes.items() if INT8_TRANSFORMER_KEYS.match(key)]
     return {"block_weights": sum(math.prod(s) for k, s in shapes.items() if FP8_TRANSFORMER_KEYS.match(k)),
             "int8_weights": sum(math.prod(s) for s in int8), "int8_rows": sum(s[0] for s in int8)}

@@ -173,11 +173,16 @@ def detect_family(comp: Component, family: str | None = None,
         raise WeightsError(f"{comp.location}: not a CogVideoX transformer: {e}") from None
 
 
+def component_shapes(comp: Component) -> dict[str, tuple[int, ...]]:
+    """The shape of every model weight of a located component, by model key, from its headers."""
+    return plan_shapes(component_plan(comp), index_shapes(comp.index), comp.location)
+
+
 def vae_config(comp: Component) -> VAEConfig:
     """The VAE config from the folder's ``config.json``, else from the weights' shapes."""
     if comp.config is not None:
         return VAEConfig.from_diffusers(comp.config)
-    return vae_config_from_shapes(plan_shapes(component_plan(comp), index_shapes(comp.index)), comp.location)
+    return vae_config_from_shapes(component_shapes(comp), comp.location)
 
 
 def vae_config_from_shapes(shapes: Mapping[str, Sequence[int]], where: str = "VAE") -> VAEConfig:
@@ -552,7 +557,7 @@ def model_bytes(model: nn.Module) -> int:
     return sum(seen.values())
 
 
-__all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "plan_shapes",
+__all__ = ["ModelInfo", "inspect_path", "find_component", "component_plan", "plan_shapes", "component_shapes",
            "detect_family", "vae_config", "vae_config_from_shapes", "read_plan",
            "read_source", "all_finite", "storage_dtypes", "check_dtypes", "load_module",
            "load_transformer", "transformer_ops", "load_vae",
