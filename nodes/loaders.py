@@ -14,7 +14,7 @@ import torch
 from ..cogvideox_core.families import FAMILY_NAMES
 from ..cogvideox_core.loading.gguf_file import gguf_layers
 from ..cogvideox_core.loading.lora import load_lora
-from ..cogvideox_core.loading.lora_apply import weight_shapes
+from ..cogvideox_core.loading.lora_apply import STRENGTH_RANGE, weight_shapes
 from ..cogvideox_core.loading.text import load_text_encoder
 from ..cogvideox_core.quant import QuantizedLinear
 from ..cogvideox_core.loading.weights import (COMPUTE_DTYPES, FP8_DTYPES, INT8_DTYPES, load_scheduler_config,
@@ -154,7 +154,7 @@ class CogVideoXLoraLoader:
                         "tiny text-to-video model: every shape comes out blue, whatever colour the "
                         "prompt asks for."),
             "strength": float_input("How strongly the LoRA changes the weights (0 = off, negative "
-                                    "inverts it).", 1.0, -10.0, 10.0),
+                                    "inverts it).", 1.0, *STRENGTH_RANGE),
         }}
 
     def load(self, model: ModelHandle, lora: str, strength: float = 1.0) -> tuple[ModelHandle]:

@@ -111,7 +111,8 @@ def test_int8_weights_are_refused_before_anything_changes(tiny_5b, lora_file: Pa
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("suffix, strength", [("", 1.0), (":0.5", 0.5), (":-1", -1.0), (":2e-1", 0.2)])
+@pytest.mark.parametrize("suffix, strength", [("", 1.0), (":0.5", 0.5), (":-1", -1.0), (":2e-1", 0.2),
+                                                   (":10", 10.0), (":-10", -10.0)])
 def test_spec_strengths(lora_file: Path, suffix: str, strength: float) -> None:
     assert parse_lora_spec(f"{lora_file}{suffix}") == (lora_file, strength)
 
@@ -119,6 +120,8 @@ def test_spec_strengths(lora_file: Path, suffix: str, strength: float) -> None:
 @pytest.mark.parametrize("spec, words", [
     ("{f}:abc", ["strength 'abc' is not a number"]),
     ("{f}:nan", ["not finite"]),
+    ("{f}:10.5", ["strength 10.5 is outside -10..10"]),
+    ("{f}:-1e3", ["strength -1000 is outside -10..10"]),
     ("{d}", ["is a folder"]),
     ("{d}/missing.safetensors:0.5", ["missing.safetensors:0.5", "no such file"]),
     ("{d}/lora.pt", ["no such file"]),

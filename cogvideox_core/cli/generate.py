@@ -88,7 +88,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_lora(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lora", action="append", metavar="PATH[:STRENGTH]",
                    help="a LoRA .safetensors file (diffusers/PEFT or kohya keys) merged into the "
-                        "transformer at STRENGTH (default 1; negative inverts it); repeat for several")
+                        "transformer at STRENGTH (default 1, from -10 to 10; negative inverts it); repeat for several")
 
 
 def _add_speed(p: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ from .lora import LoraWeight, load_lora
 logger = logging.getLogger(__name__)
 
 MERGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+STRENGTH_RANGE = (-10.0, 10.0)  # a LoRA's strength, here and in the LoRA node (ComfyUI's own node allows more)
 
 
 def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
@@ -50,6 +51,10 @@ def parse_lora_spec(text: str, flag: str = "--lora") -> tuple[Path, float]:
             path_text = head
     if not math.isfinite(strength):
         raise ValueError(f"{flag} {text}: strength {strength} is not finite; give a number, e.g. 0.8")
+    low, high = STRENGTH_RANGE
+    if not low <= strength <= high:
+        raise ValueError(f"{flag} {text}: strength {strength:g} is outside {low:g}..{high:g}; "
+                         "1 is the LoRA as trained, 0 leaves the model as it is")
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise ValueError(f"{flag} {text}: {'is a folder' if path.is_dir() else 'no such file'}; "
@@ -88,4 +93,4 @@ def apply_lora(model: nn.Module, path: str | Path, strength: float = 1.0) -> dic
     return weights
 
 
-__all__ = ["weight_shapes", "parse_lora_spec", "apply_lora", "MERGE_DTYPES"]
+__all__ = ["weight_shapes", "parse_lora_spec", "apply_lora", "MERGE_DTYPES", "STRENGTH_RANGE"]
