@@ -24,7 +24,7 @@ import torch
 
 from benchmarks.tiny_world import evaluate
 from benchmarks.tiny_world.analyse import analyse, foreground_mask, largest_step
-from benchmarks.tiny_world.long_video import MIN_COVERAGE, PROMPTS, SMOOTH_PX, long_rates
+from benchmarks.tiny_world.long_video import PROMPTS, SMOOTH_PX, long_rates, moves_smoothly
 from benchmarks.tiny_world.models import DATA, load_models
 from benchmarks.tiny_world.train_lora import LoraAdapters, lora_path, merged_lora
 from benchmarks.tiny_world.world import FRAMES, HEIGHT, WIDTH, make_clip, parse_caption, render, sample_scenes
@@ -138,8 +138,7 @@ def test_text_to_video_follows_colour_shape_and_direction(t2v_videos) -> None:
     rates["all"] = sum(all(f.values()) for f in found) / len(found)
     steps = sorted(largest_step(a.track) for a in analyses)
     # the trained length's own smoothness: what the long-video tests (c, d) can hope for
-    rates["smooth"] = sum(a.coverage >= MIN_COVERAGE and largest_step(a.track) <= MAX_STEP_PX
-                          for a in analyses) / len(analyses)
+    rates["smooth"] = sum(moves_smoothly(a, MAX_STEP_PX) for a in analyses) / len(analyses)
     line = _result("t2v follows the prompt (20 prompt-seed pairs, 20 steps, cfg 6)", **rates,
                    largest_step_px_median=steps[len(steps) // 2])
     floors = {"colour": T2V_COLOUR_FLOOR, "shape": T2V_SHAPE_FLOOR, "direction": T2V_DIRECTION_FLOOR,
@@ -236,7 +235,7 @@ def test_chained_extension_continues_motion_and_colour(inp) -> None:
         # mean foreground colour of the 4 frames before each overlap vs the 4 after it
         diffs = [float((_foreground_colour(video[s - 4:s]) - _foreground_colour(
                  video[s + CHAIN_OVERLAP:s + CHAIN_OVERLAP + 4])).abs().max()) for s in seams]
-        smooth.append(found.direction == "right" and found.coverage >= MIN_COVERAGE and step <= CHAIN_MAX_STEP_PX
+        smooth.append(found.direction == "right" and moves_smoothly(found, CHAIN_MAX_STEP_PX)
                       and all(a <= CHAIN_MAX_STEP_PX for a in around))
         colour_ok.append(all(d <= SEAM_COLOUR_MAX for d in diffs))  # NaN compares False
         seam_px += around

@@ -21,7 +21,7 @@ import torch
 from cogvideox_core.generation.pipeline import GenerateRequest, Models, generate
 from cogvideox_core.sampling.windows import ContextOptions
 
-from .analyse import analyse, largest_step
+from .analyse import Analysis, analyse, largest_step
 from .models import DATA, load_models
 from .world import FRAMES, HEIGHT, WIDTH, parse_caption
 
@@ -34,12 +34,17 @@ JUMP_PX = 20.0  # the shape's width: a longer step is a second shape or a telepo
 MIN_COVERAGE = 0.9
 
 
+def moves_smoothly(found: Analysis, max_step: float = SMOOTH_PX) -> bool:
+    """A shape in at least :data:`MIN_COVERAGE` of the frames and no centroid step over
+    ``max_step`` px (what "smooth" means in every tiny-world check)."""
+    return found.coverage >= MIN_COVERAGE and largest_step(found.track) <= max_step
+
+
 def judge(video: torch.Tensor, prompt: str) -> dict[str, object]:
     """What one long video shows against its prompt."""
     found, want = analyse(video), parse_caption(prompt)
     step = largest_step(found.track)
-    whole = found.coverage >= MIN_COVERAGE
-    return {"one_object": whole and step <= JUMP_PX, "smooth": whole and step <= SMOOTH_PX,
+    return {"one_object": moves_smoothly(found, JUMP_PX), "smooth": moves_smoothly(found),
             "direction": found.direction == want.direction, "colour": found.colour == want.colour,
             "largest_step": round(step, 2)}
 
