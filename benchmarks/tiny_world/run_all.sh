@@ -19,6 +19,13 @@
 # colour (20/20) and shape (13/20) but not direction (5/20, every video moving up), while the Fun
 # InP model and the LoRA were at the shipped level; the same text-to-video model continued 1500
 # steps read 16 of 20 directions.
+# Not enough either (measured 2026-12-04 evening, on the afternoon's from-scratch VAE and pool,
+# 0.73 s a step: 72.7 min): after 6000 steps text-to-video reads colour 20/20, shape 13/20,
+# direction 19/20 (at step 3185: 3/20) but moves smoothly in 4 of 20 videos (shipped: 19): the
+# shape stalls in the first and last latent frames and rushes 4-6 px a frame between them.
+# Continued 1500 steps (--continue --round 1 --lr 7e-4, 15.4 min): shape 14/20, direction 19/20,
+# smooth 12/20; 2x windows smooth 5 of 8 (shipped 8), 4x 0 of 8. Smooth motion comes last, so the
+# text-to-video model needs about the shipped ~9000 steps; the Fun InP stage was not rerun.
 # Tried for the 4x context windows (2026-12-04): the shipped text-to-video model continued on a
 # pool all on the torus (--wrap 1.0, --continue --lr 7e-4) 1500 and 3000 steps: at 65 frames smooth
 # in 4 and 2 of 8 videos (shipped: 3 of 8), at 17 frames smooth 17 of 20 (shipped 19): more
