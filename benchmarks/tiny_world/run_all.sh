@@ -24,8 +24,10 @@
 # direction 19/20 (at step 3185: 3/20) but moves smoothly in 4 of 20 videos (shipped: 19): the
 # shape stalls in the first and last latent frames and rushes 4-6 px a frame between them.
 # Continued 1500 steps (--continue --round 1 --lr 7e-4, 15.4 min): shape 14/20, direction 19/20,
-# smooth 12/20; 2x windows smooth 5 of 8 (shipped 8), 4x 0 of 8. Smooth motion comes last, so the
-# text-to-video model needs about the shipped ~9000 steps; the Fun InP stage was not rerun.
+# smooth 12/20; 2x windows smooth 5 of 8 (shipped 8), 4x 0 of 8. 1000 more (--round 2 --lr 5e-4,
+# 8500 in all): colour 20, shape 14, direction 20, smooth 17 of 20 (shipped 20/14/20/19), 2x smooth
+# 6 of 8, 4x one shape 3 of 8, smooth 0 (shipped 6 and 3). Smooth motion comes last: text-to-video
+# needs about the shipped ~9000 steps; the long videos stay behind; the Fun InP stage was not rerun.
 # Tried for the 4x context windows (2026-12-04): the shipped text-to-video model continued on a
 # pool all on the torus (--wrap 1.0, --continue --lr 7e-4) 1500 and 3000 steps: at 65 frames smooth
 # in 4 and 2 of 8 videos (shipped: 3 of 8), at 17 frames smooth 17 of 20 (shipped 19): more
