@@ -35,7 +35,6 @@ from cogvideox_core.long_video.chain import ChainOptions, generate_long
 from cogvideox_core.sampling.windows import ContextOptions
 from cogvideox_core.vae import tiling_exact
 from cogvideox_core.vae.tiling import tiled_decode
-from cogvideox_core.video_io import frames_to_video, video_to_frames
 
 logger = logging.getLogger("tiny_world_models")
 
@@ -226,9 +225,7 @@ def test_the_vae_carries_a_shape_across_the_edges_smoothly(t2v) -> None:
     steps = []
     with torch.no_grad():
         for scene in scenes:
-            x = frames_to_video(render(scene))
-            y = t2v.vae.decode(t2v.vae.encode(x).mean)[:, :, :FRAMES]
-            found = analyse(video_to_frames(y))
+            found = analyse(evaluate.round_trip(t2v.vae, render(scene)))
             steps.append(largest_step(found.track))
             assert moves_smoothly(found), f"{scene.caption} from {scene.start}: largest step {steps[-1]:.2f} px"
     _result(f"VAE round trip of {len(scenes)} clips crossing an edge", largest_step_px=max(steps))
