@@ -32,6 +32,13 @@
 # pool all on the torus (--wrap 1.0, --continue --lr 7e-4) 1500 and 3000 steps: at 65 frames smooth
 # in 4 and 2 of 8 videos (shipped: 3 of 8), at 17 frames smooth 17 of 20 (shipped 19): more
 # crossing clips do not teach the models to cross an edge, so the pool stays half on the torus.
+# Read again on 32 videos (8 seeds x 4 prompts, 2026-12-05): shipped smooth 9 of 32, one shape 28;
+# those continuations 9 and 4 of 32 (one shape 24 and 20). The shipped Fun InP model continued the
+# same way (1500 steps, --inp-known 1,1,2): from a world start frame at 17 frames smooth in 14 of 20
+# clips crossing an edge (shipped 11 of 20), 10 of 10 inside the frame (both); at 65 frames in
+# causal windows from a start image, 0 of 16 smooth (shipped 1): not shipped. Every jump of the
+# 4x text-to-video videos is at a crossing: the shape breaks up at one edge and is drawn again,
+# in pieces, at the other over several frames.
 # The shipped models were trained in rounds as the world was being designed, each from the one
 # before (about 4 hours of CPU in all; this script, from scratch, has not made these files):
 # - VAE (--vae-init): 1642 + 774 + 782 steps on an earlier version of the world (64x64, more
