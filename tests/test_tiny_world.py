@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks.tiny_world.analyse import (analyse, calibrate, centroid_depth, classify_shape, fill_ratio,
-                                           foreground_mask, largest_step)
+                                           foreground_mask, largest_step, largest_step_inside)
 from benchmarks.tiny_world.world import (COLOURS, DIRECTIONS, FRAMES, HALF_SIZE, HEIGHT, SHAPES, SPEED, WIDTH,
                                          Attributes, all_captions, caption, make_clip, parse_caption,
                                          render, sample_clips, sample_scenes, start_range)
@@ -94,6 +94,28 @@ def test_the_world_is_a_torus_and_the_analyser_follows_a_shape_across_edges():
     assert bool(split[:, 0].any() and split[:, -1].any() and split[0].any() and split[-1].any())
     assert fill_ratio(split) == pytest.approx(1.0, abs=0.02)
     assert sum(1 for s in sample_scenes(200, seed=1, wrap=0.5) if not 11 <= s.start[0] <= 85) > 20
+
+
+def test_steps_inside_the_frame_leave_out_the_edge_crossings_only():
+    """A clip that jumps 12 px inside the frame shows the jump; one that jumps 12 px while its
+    shape crosses the right edge (centre within the margin of it) does not; a smooth crossing
+    reads the world's speed both ways."""
+    def jumped(start_x: float, at: int) -> torch.Tensor:  # 33 frames moving right, 12 px skipped at frame `at`
+        clip = make_clip("red", "circle", "right", (start_x, 32.0), frames=33)
+        later = make_clip("red", "circle", "right", (start_x + 12 * SPEED, 32.0), frames=33)
+        return torch.cat([clip[:at], later[at:]])
+    margin = HALF_SIZE + 4
+    inside = analyse(jumped(20.0, 10)).track  # the jump at x = 30 -> 42
+    crossing = analyse(jumped(70.0, 18)).track  # at x = 88 -> 100 (= 4): across the right edge
+    for track in (inside, crossing):
+        assert largest_step(track) == pytest.approx(13 * SPEED, abs=0.1)
+    assert largest_step_inside(inside, WIDTH, HEIGHT, margin) == pytest.approx(13 * SPEED, abs=0.1)
+    assert largest_step_inside(crossing, WIDTH, HEIGHT, margin) == pytest.approx(SPEED, abs=0.05)
+    smooth = analyse(make_clip("blue", "square", "down", (40.0, 20.0), frames=65)).track
+    assert largest_step(smooth) == pytest.approx(SPEED, abs=0.05)
+    assert largest_step_inside(smooth, WIDTH, HEIGHT, margin) == pytest.approx(SPEED, abs=0.05)
+    still_at_edge = torch.tensor([[2.0, 30.0]] * 5)  # never inside: nothing to judge
+    assert largest_step_inside(still_at_edge, WIDTH, HEIGHT, margin) == 0.0
 
 
 def test_shape_rules_tolerate_blur():

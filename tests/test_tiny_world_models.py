@@ -66,6 +66,10 @@ CONTEXT_2X_DIRECTION_FLOOR = 0.75  # measured 1.0 (pyramid: 0.875)
 CONTEXT_4X_ONE_OBJECT_FLOOR = 0.5  # measured 0.75 (pyramid: 0.625; overlap 8: 0.625)
 CONTEXT_4X_SMOOTH_FLOOR = 0.25  # measured 0.375 (pyramid: 0.25; overlap 8: 0); 9 of 32 over 8 seeds
 CONTEXT_4X_DIRECTION_FLOOR = 0.75  # measured 1.0 (pyramid: 1.0; overlap 8: 0.75)
+# ... and where the shape is inside the frame (steps with its centre long_video.INSIDE_MARGIN from
+# every edge; a crossing left out), the windows' seams do not jump in most videos: no step over
+# SMOOTH_PX in 6 of 8 (25 of 32 over 8 seeds; the others jump 4.2-19 px inside the frame too)
+CONTEXT_4X_SMOOTH_INSIDE_FLOOR = 0.5  # measured 0.75
 # d. chained extension (Fun InP, 3 chunks, colour match 1): share of seeds whose motion continues
 #    across the seams (no step above CHAIN_MAX_STEP_PX) and whose colours match at them
 CHAIN_MAX_STEP_PX = 4.0  # = MAX_STEP_PX
@@ -205,7 +209,7 @@ def test_context_windows_at_two_and_four_times_the_trained_length(t2v, times: in
     floors = {2: {"one_object": CONTEXT_2X_ONE_OBJECT_FLOOR, "smooth": CONTEXT_2X_SMOOTH_FLOOR,
                   "direction": CONTEXT_2X_DIRECTION_FLOOR},
               4: {"one_object": CONTEXT_4X_ONE_OBJECT_FLOOR, "smooth": CONTEXT_4X_SMOOTH_FLOOR,
-                  "direction": CONTEXT_4X_DIRECTION_FLOOR}}[times]
+                  "smooth_inside": CONTEXT_4X_SMOOTH_INSIDE_FLOOR, "direction": CONTEXT_4X_DIRECTION_FLOOR}}[times]
     for name, floor in floors.items():
         assert rates[name] >= floor, f"{name} {rates[name]:.2f} < {floor}; {line}"
 

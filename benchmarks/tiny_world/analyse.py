@@ -228,6 +228,22 @@ def largest_step(track: torch.Tensor) -> float:
     return float((valid[1:] - valid[:-1]).norm(dim=1).max())
 
 
+def largest_step_inside(track: torch.Tensor, width: int, height: int, margin: float) -> float:
+    """:func:`largest_step` over the steps whose two frames show the shape inside the frame: its
+    centroid, read on the torus, at least ``margin`` px from every edge in both (0 if none). What
+    a video does while its shape crosses an edge is left out; a jump anywhere else shows here."""
+    size = torch.tensor([float(width), float(height)])
+    valid = track[~track.isnan().any(dim=1)]
+    if len(valid) < 2:
+        return 0.0
+    on_frame = torch.remainder(valid, size)
+    inside = ((on_frame >= margin) & (on_frame <= size - margin)).all(dim=1)
+    both = inside[1:] & inside[:-1]
+    if not bool(both.any()):
+        return 0.0
+    return float((valid[1:] - valid[:-1]).norm(dim=1)[both].max())
+
+
 def analyse(clip: torch.Tensor, prototypes: Prototypes | None = None) -> Analysis:
     """Colour, shape, direction and centroid track of a clip [F, H, W, 3] float 0..1; shapes
     by ``prototypes`` when given (:func:`calibrate`), else by the clean world's rules."""
@@ -249,4 +265,4 @@ def analyse(clip: torch.Tensor, prototypes: Prototypes | None = None) -> Analysi
 
 __all__ = ["Prototypes", "calibrate", "THRESHOLD", "SHAPE_FILL", "COLOUR_HUES", "Analysis", "hue_of", "background_colour",
            "foreground_mask", "recentre", "centroid_track", "fill_ratio", "centroid_depth", "classify_colour", "classify_shape",
-           "motion_direction", "largest_step", "analyse"]
+           "motion_direction", "largest_step", "largest_step_inside", "analyse"]
