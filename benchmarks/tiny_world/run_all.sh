@@ -31,7 +31,9 @@
 # Twice the learning rate (--lr 2e-3, same VAE, pool and seed; 6000 steps, 52.9 min at 0.5 s a
 # step, 2026-12-05): lower loss all along (0.0796 at step 3200 against 0.0913 at 3000; final
 # 0.071 against 0.074), and the other half of the task learnt first: colour 20/20, shape 11/20,
-# smooth 19/20, but direction 7/20; 2x windows smooth 5 of 8, 4x 1 of 8. Not the recipe either.
+# smooth 19/20, but direction 7/20; 2x windows smooth 5 of 8, 4x 1 of 8. Continued 1500 steps
+# (--continue --round 1 --lr 1e-3, 11.2 min, loss 0.063): direction 20/20, shape 13/20, smooth
+# 14/20 (lr 1e-3 at the same 7500 steps: 19, 14, 12); 2x smooth 4 of 8, 4x 1 of 8. Not the recipe either.
 # Tried for the 4x context windows (2026-12-04): the shipped text-to-video model continued on a
 # pool all on the torus (--wrap 1.0, --continue --lr 7e-4) 1500 and 3000 steps: at 65 frames smooth
 # in 4 and 2 of 8 videos (shipped: 3 of 8), at 17 frames smooth 17 of 20 (shipped 19): more
