@@ -9,6 +9,7 @@ import torch
 
 from benchmarks.tiny_world.analyse import (analyse, calibrate, centroid_depth, classify_shape, fill_ratio,
                                            foreground_mask, largest_step, largest_step_inside)
+from benchmarks.tiny_world.long_video import INSIDE_MARGIN
 from benchmarks.tiny_world.world import (COLOURS, DIRECTIONS, FRAMES, HALF_SIZE, HEIGHT, SHAPES, SPEED, WIDTH,
                                          Attributes, all_captions, caption, make_clip, parse_caption,
                                          render, sample_clips, sample_scenes, start_range)
@@ -104,7 +105,7 @@ def test_steps_inside_the_frame_leave_out_the_edge_crossings_only():
         clip = make_clip("red", "circle", "right", (start_x, 32.0), frames=33)
         later = make_clip("red", "circle", "right", (start_x + 12 * SPEED, 32.0), frames=33)
         return torch.cat([clip[:at], later[at:]])
-    margin = HALF_SIZE + 4
+    margin = INSIDE_MARGIN  # 14 px: x = 88 is within it of the right edge, 30 and 42 are not
     inside = analyse(jumped(20.0, 10)).track  # the jump at x = 30 -> 42
     crossing = analyse(jumped(70.0, 18)).track  # at x = 88 -> 100 (= 4): across the right edge
     for track in (inside, crossing):

@@ -219,13 +219,18 @@ def motion_direction(track: torch.Tensor) -> str | None:
     return "down" if dy > 0 else "up"
 
 
+def _steps(track: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The frames of ``track`` with a shape [N, 2] and the centroid move between consecutive
+    ones [N - 1] (px)."""
+    valid = track[~track.isnan().any(dim=1)]
+    return valid, (valid[1:] - valid[:-1]).norm(dim=1)
+
+
 def largest_step(track: torch.Tensor) -> float:
     """The largest centroid move between consecutive frames with a shape (px; 0 if none):
     a jump at a context-window seam shows here."""
-    valid = track[~track.isnan().any(dim=1)]
-    if len(valid) < 2:
-        return 0.0
-    return float((valid[1:] - valid[:-1]).norm(dim=1).max())
+    steps = _steps(track)[1]
+    return float(steps.max()) if len(steps) else 0.0
 
 
 def largest_step_inside(track: torch.Tensor, width: int, height: int, margin: float) -> float:
@@ -233,15 +238,11 @@ def largest_step_inside(track: torch.Tensor, width: int, height: int, margin: fl
     centroid, read on the torus, at least ``margin`` px from every edge in both (0 if none). What
     a video does while its shape crosses an edge is left out; a jump anywhere else shows here."""
     size = torch.tensor([float(width), float(height)])
-    valid = track[~track.isnan().any(dim=1)]
-    if len(valid) < 2:
-        return 0.0
+    valid, steps = _steps(track)
     on_frame = torch.remainder(valid, size)
     inside = ((on_frame >= margin) & (on_frame <= size - margin)).all(dim=1)
-    both = inside[1:] & inside[:-1]
-    if not bool(both.any()):
-        return 0.0
-    return float((valid[1:] - valid[:-1]).norm(dim=1)[both].max())
+    steps = steps[inside[1:] & inside[:-1]]
+    return float(steps.max()) if len(steps) else 0.0
 
 
 def analyse(clip: torch.Tensor, prototypes: Prototypes | None = None) -> Analysis:
