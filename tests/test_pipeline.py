@@ -354,3 +354,36 @@ def test_frames_beyond_the_trained_length_warn(t2v, caplog: pytest.LogCaptureFix
         validate(t2v, _req(frames=53, context=ContextOptions(49, 16)))
         validate(t2v, _req(frames=49))
     assert "beyond" not in caplog.text
+
+
+class TextSpy(nn.Module):
+    """Wraps a transformer and records the text states of every call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner, self.texts = inner, []
+
+    def check_input(self, *args, **kwargs) -> None:
+        self.inner.check_input(*args, **kwargs)
+
+    def forward(self, x, timestep, context, ofs=None):
+        self.texts.append(context.clone())
+        return self.inner(x, timestep, context, ofs=ofs)
+
+
+def test_a_model_of_fewer_text_rows_reads_the_first_prompt_states() -> None:
+    """A 2B model made for 32 text states (the tiny world's) gets the first 32 of the 226 the
+    pack encodes, from a prompt and from given embeddings alike."""
+    from cogvideox_core.models.transformer import CogVideoXTransformer
+    from cogvideox_core.tiny import init_random
+
+    base = random_models("2b", seed=3)
+    cfg = dataclasses.replace(base.family.transformer, max_text_len=32)
+    spy = TextSpy(init_random(CogVideoXTransformer(cfg), 3).eval())
+    models = dataclasses.replace(base, transformer=spy, family=dataclasses.replace(base.family, transformer=cfg))
+    video = generate(models, _req(steps=2, cfg=6.0))
+    cond, uncond = (base.text_encoder.encode(p) for p in ("a red fox running", ""))
+    assert cond.shape[1] == 226 and {t.shape[1] for t in spy.texts} == {32}
+    assert torch.equal(spy.texts[0], torch.cat([uncond, cond])[:, :32])
+    given = generate(models, _req(steps=2, cfg=6.0, prompt_embeds=cond, negative_embeds=uncond))
+    assert torch.equal(video, given)

@@ -13,6 +13,7 @@ Run ``python tests/test_transformer_parity.py`` for the table of max abs diffs p
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import types
 from collections import Counter
@@ -32,7 +33,7 @@ from scaffold import random_transformer
 from cogvideox_core.families import FAMILIES, TransformerConfig
 from cogvideox_core.ops import default_ops, sdpa_attention
 from cogvideox_core.models.positions import sincos_resized
-from cogvideox_core.models.transformer import CogVideoXTransformer
+from cogvideox_core.models.transformer import CogVideoXTransformer, fit_text
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +190,26 @@ def test_fun2b_resized_differs_from_recomputed_sincos() -> None:
     recomputed = get_3d_sincos_pos_embed(cfg.inner_dim, (width // 2, height // 2), frames,
                                          cfg.spatial_interpolation_scale).flatten(0, 1).float()
     assert (fun_table(cfg, frames, height, width) - recomputed).abs().max() > 1e-2
+
+
+def test_a_model_of_fewer_text_rows_reads_the_first_states() -> None:
+    """A 2B model made for 32 text states (max_text_seq_length 32, as the tiny world's) equals
+    diffusers' given the first 32 of the 226 the pack encodes; RoPE models and 2B models of 226
+    rows read the states as given."""
+    cfg = dataclasses.replace(tiny_config("2b"), max_text_len=32)
+    ref = random_transformer(cfg, 0)
+    ours = CogVideoXTransformer(cfg)
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x, t, ctx = inputs(cfg, 3, 8, 12, 226)
+    with torch.no_grad():
+        expected = ref(x, ctx[:, :32], t, return_dict=False)[0]
+        got = ours.eval()(x, t, fit_text(cfg, ctx))
+    assert (got - expected).abs().max().item() <= TOL
+    with pytest.raises(ValueError, match="text_len=226 must be exactly 32"):
+        ours.check_input(3, 8, 12, 226)
+    for name in ("2b", "5b", "1.5-5b"):
+        assert fit_text(tiny_config(name), ctx) is ctx
+    assert fit_text(tiny_config("5b"), ctx[:, :11]).shape[1] == 11
 
 
 # ---- refused sizes -------------------------------------------------------------------------

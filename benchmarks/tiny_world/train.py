@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=Size.layers)
     p.add_argument("--heads", type=int, default=Size.heads)
     p.add_argument("--head-dim", type=int, default=Size.head_dim)
+    p.add_argument("--text-len", type=int, default=Size.text_len, help="T5 states the transformers read "
+                   "(max_text_seq_length; the first of the 226 encoded)")
     p.add_argument("--lr", type=float, default=1e-3, help="transformer peak learning rate")
     p.add_argument("--eval-n", type=int, default=20)
     p.add_argument("--eval-steps", type=int, default=20)
@@ -137,7 +139,7 @@ def stage_transformer(args: argparse.Namespace, kind: str) -> dict:
     from .latents import Pool
     from .train_dit import train_transformer
 
-    fam = family(kind, Size(args.heads, args.head_dim, args.layers))
+    fam = family(kind, Size(args.heads, args.head_dim, args.layers, text_len=args.text_len))
     budget = Budget(getattr(args, f"{kind}_minutes"), getattr(args, f"{kind}_steps"))
     pool = Pool.load(args.work / "pool.pt")
     seed = args.seed + (10 if kind == "t2v" else 20) + 100 * args.round

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cogvideox_core.families import Family
-from cogvideox_core.models.transformer import CogVideoXTransformer
+from cogvideox_core.models.transformer import CogVideoXTransformer, fit_text
 from cogvideox_core.sampling.schedules import SchedulerConfig, add_noise, alphas_cumprod
 from cogvideox_core.tiny import init_random
 
@@ -49,7 +49,8 @@ class Batches:
         self.known_weights = None if known_weights is None else torch.tensor(known_weights, dtype=torch.float64)
 
     def draw(self) -> tuple[torch.Tensor, ...]:
-        """(model input [B, F, C_in, h, w], timesteps [B], text [B, 226, D], v target [B, F, 16, h, w])."""
+        """(model input [B, F, C_in, h, w], timesteps [B], text [B, L, D] (the 226 states fitted to
+        the family: ``fit_text``, as the pipeline fits them), v target [B, F, 16, h, w])."""
         g, p, b = self.gen, self.pool, self.batch
         idx = torch.randint(len(p.mean), (b,), generator=g)
         x0 = self.scale * (p.mean[idx] + p.std[idx] * torch.randn(p.mean[idx].shape, generator=g))
@@ -61,7 +62,7 @@ class Batches:
         caps = torch.where(torch.rand(b, generator=g) < UNCOND_SHARE, len(p.embeds) - 1, p.caption[idx])
         if self.inp:
             xt = torch.cat([xt, self._extra(idx)], dim=2)
-        return xt, t, p.embeds[caps], v
+        return xt, t, fit_text(self.family.transformer, p.embeds[caps]), v
 
     def _extra(self, idx: torch.Tensor) -> torch.Tensor:
         """Scaled InP channels [B, F, 17, h, w]: per clip none / start / start+end known (a

@@ -27,6 +27,7 @@ from ..errors import NonFiniteError
 from ..families import Family, VAEConfig
 from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, for_rows, require_fit
 from ..models.step_cache import CacheOptions, StepCache, check_guided, make_step_cache
+from ..models.transformer import fit_text
 from ..models.step_cache import report as report_cache
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, RowGenerators, SchedulerConfig, add_noise, cfg_denoiser,
@@ -162,23 +163,25 @@ def _require(model: object, name: str, plan: ConditioningPlan) -> None:
 
 def encode_text(models: Models, request: GenerateRequest, runtime: Runtime
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(cond, uncond or None) T5 states [1, 226, D] in the transformer's dtype and device.
+    """(cond, uncond or None) T5 states [1, 226, D] in the transformer's dtype and device, cut
+    to the rows a model trained on fewer text tokens reads (:func:`~cogvideox_core.models.transformer.fit_text`).
 
     The negative prompt ("" by default) is encoded only when CFG is on (cfg > 1), each prompt
     in its own call, as the pipelines do."""
-    dtype, device = _dtype(models.transformer), runtime.device
     guided = request.cfg > 1.0
     if request.prompt_embeds is not None:
         neg = request.negative_embeds if guided else None
-        return _to(request.prompt_embeds, dtype, device), None if neg is None else _to(neg, dtype, device)
+        return _to(models, request.prompt_embeds, runtime), None if neg is None else _to(models, neg, runtime)
     runtime.load(models.text_encoder.model)
     cond = models.text_encoder.encode(request.prompt)
     uncond = models.text_encoder.encode(request.negative_prompt) if guided else None
-    return _to(cond, dtype, device), None if uncond is None else _to(uncond, dtype, device)
+    return _to(models, cond, runtime), None if uncond is None else _to(models, uncond, runtime)
 
 
-def _to(x: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return x.to(device=device, dtype=dtype)
+def _to(models: Models, states: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """``states`` fitted to the transformer, in its dtype, on the runtime's device."""
+    fitted = fit_text(models.family.transformer, states)
+    return fitted.to(device=runtime.device, dtype=_dtype(models.transformer))
 
 
 def _dtype(model: torch.nn.Module) -> torch.dtype:

@@ -99,6 +99,21 @@ class _PatchEmbed(nn.Module):
         return self.proj(v)  # [B, N, D]
 
 
+def _has_text_rows(config: TransformerConfig) -> bool:
+    """Whether an additive position table with text rows is added (sincos kinds and learned)."""
+    return not config.uses_rope or config.learned_positions
+
+
+def fit_text(config: TransformerConfig, states: torch.Tensor) -> torch.Tensor:
+    """T5 states [B, L, D] as a transformer of ``config`` reads them. A model whose additive
+    table has fewer text rows than L (``max_text_seq_length`` < 226: the tiny world's models,
+    trained on short captions) reads the first ``max_text_len`` states: the prompt's tokens come
+    first, ``</s>`` and the pads after (the 226-token rule of :mod:`cogvideox_core.loading.text`).
+    Every other model reads ``states`` unchanged (``check_input`` names a length it cannot take)."""
+    n = config.max_text_len
+    return states[:, :n] if _has_text_rows(config) and states.shape[1] > n else states
+
+
 def _sample_tokens(config: TransformerConfig) -> int:
     """Video tokens of the trained clip: 13 * 30 * 45 = 17550 for 1.0 at 49 x 480 x 720."""
     p = config.patch_size
@@ -280,12 +295,13 @@ class CogVideoXTransformer(nn.Module):
 
     # ---- shape rules -------------------------------------------------------------------
 
-    def check_input(self, frames_lat: int, height_lat: int, width_lat: int, text_len: int = 226) -> None:
+    def check_input(self, frames_lat: int, height_lat: int, width_lat: int, text_len: int | None = None) -> None:
         """Raise ``ValueError`` naming the parameter, value and rule for a size this family
-        cannot take. Sizes are latent units (pixels / 8, frames (pixels - 1) / 4 + 1)."""
+        cannot take. Sizes are latent units (pixels / 8, frames (pixels - 1) / 4 + 1);
+        ``text_len`` None: the text states are not known yet (:func:`fit_text` fits them)."""
         cfg, p = self.config, self.config.patch_size
-        for name, value in (("frames_lat", frames_lat), ("height_lat", height_lat),
-                            ("width_lat", width_lat), ("text_len", text_len)):
+        sizes = [("frames_lat", frames_lat), ("height_lat", height_lat), ("width_lat", width_lat)]
+        for name, value in sizes + ([] if text_len is None else [("text_len", text_len)]):
             if value < 1:
                 raise ValueError(f"{name}={value} must be at least 1")
         for name, value in (("height_lat", height_lat), ("width_lat", width_lat)):
@@ -294,7 +310,7 @@ class CogVideoXTransformer(nn.Module):
                                  f"(pixel sizes a multiple of {SPATIAL_COMPRESSION * p})")
         self._check_frames(frames_lat)
         self._check_grid(height_lat, width_lat)
-        if self._additive and text_len != cfg.max_text_len:
+        if text_len is not None and self._additive and text_len != cfg.max_text_len:
             raise ValueError(f"text_len={text_len} must be exactly {cfg.max_text_len} for "
                              f"positions={cfg.positions!r}: the additive table has that many text rows")
 
@@ -328,7 +344,7 @@ class CogVideoXTransformer(nn.Module):
     @property
     def _additive(self) -> bool:
         """Whether an additive table with text rows is added (sincos kinds and learned)."""
-        return not self.config.uses_rope or self.config.learned_positions
+        return _has_text_rows(self.config)
 
     # ---- forward -----------------------------------------------------------------------
 
@@ -468,4 +484,4 @@ def _per_batch(name: str, value: torch.Tensor | float, batch: int, device: torch
     return t
 
 
-__all__ = ["CogVideoXTransformer", "BlockRunner", "run_all_blocks"]
+__all__ = ["CogVideoXTransformer", "BlockRunner", "run_all_blocks", "fit_text"]
