@@ -21,18 +21,20 @@ H, W = 32, 48
 
 
 class Spy(nn.Module):
-    """Wraps a transformer and records every call's input."""
+    """Wraps a transformer and records every call's input (``calls``) and text states (``texts``)."""
 
     def __init__(self, inner: nn.Module) -> None:
         super().__init__()
         self.inner = inner
         self.calls: list[tuple[torch.Tensor, torch.Tensor, float | None]] = []
+        self.texts: list[torch.Tensor] = []
 
     def check_input(self, *args, **kwargs) -> None:
         self.inner.check_input(*args, **kwargs)
 
     def forward(self, x, timestep, context, ofs=None):
         self.calls.append((x.clone(), timestep.clone(), ofs))
+        self.texts.append(context.clone())
         return self.inner(x, timestep, context, ofs=ofs)
 
 
@@ -356,21 +358,6 @@ def test_frames_beyond_the_trained_length_warn(t2v, caplog: pytest.LogCaptureFix
     assert "beyond" not in caplog.text
 
 
-class TextSpy(nn.Module):
-    """Wraps a transformer and records the text states of every call."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner, self.texts = inner, []
-
-    def check_input(self, *args, **kwargs) -> None:
-        self.inner.check_input(*args, **kwargs)
-
-    def forward(self, x, timestep, context, ofs=None):
-        self.texts.append(context.clone())
-        return self.inner(x, timestep, context, ofs=ofs)
-
-
 def test_a_model_of_fewer_text_rows_reads_the_first_prompt_states() -> None:
     """A 2B model made for 32 text states (the tiny world's) gets the first 32 of the 226 the
     pack encodes, from a prompt and from given embeddings alike."""
@@ -379,7 +366,7 @@ def test_a_model_of_fewer_text_rows_reads_the_first_prompt_states() -> None:
 
     base = random_models("2b", seed=3)
     cfg = dataclasses.replace(base.family.transformer, max_text_len=32)
-    spy = TextSpy(init_random(CogVideoXTransformer(cfg), 3).eval())
+    spy = Spy(init_random(CogVideoXTransformer(cfg), 3).eval())
     models = dataclasses.replace(base, transformer=spy, family=dataclasses.replace(base.family, transformer=cfg))
     video = generate(models, _req(steps=2, cfg=6.0))
     cond, uncond = (base.text_encoder.encode(p) for p in ("a red fox running", ""))
@@ -387,3 +374,22 @@ def test_a_model_of_fewer_text_rows_reads_the_first_prompt_states() -> None:
     assert torch.equal(spy.texts[0], torch.cat([uncond, cond])[:, :32])
     given = generate(models, _req(steps=2, cfg=6.0, prompt_embeds=cond, negative_embeds=uncond))
     assert torch.equal(video, given)
+
+
+def test_a_prompt_longer_than_the_text_rows_read_is_named(caplog) -> None:
+    """A model made for 8 text states reads the first 8 of a prompt's: a longer prompt (or
+    negative prompt) is named in a warning with its token count; a short one is not."""
+    from cogvideox_core.models.transformer import CogVideoXTransformer
+    from cogvideox_core.tiny import init_random
+
+    base = random_models("2b", seed=3)
+    cfg = dataclasses.replace(base.family.transformer, max_text_len=8)
+    models = dataclasses.replace(base, transformer=init_random(CogVideoXTransformer(cfg), 3).eval(),
+                                 family=dataclasses.replace(base.family, transformer=cfg))
+    with caplog.at_level(logging.WARNING, logger="cogvideox_core.generation.pipeline"):
+        generate(models, _req(prompt="a red fox", steps=1, cfg=6.0))
+        assert "reads the first" not in caplog.text
+        generate(models, _req(prompt="a red fox running through the snowy forest at dawn", steps=1, cfg=6.0,
+                              negative_prompt="blurry, low quality, jpeg artefacts everywhere"))
+    lines = [r.getMessage() for r in caplog.records if "reads the first 8 T5 states" in r.getMessage()]
+    assert len(lines) == 2 and lines[0].startswith("prompt: ") and lines[1].startswith("negative prompt: ")

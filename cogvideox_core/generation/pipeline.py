@@ -27,7 +27,7 @@ from ..errors import NonFiniteError
 from ..families import Family, VAEConfig
 from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, for_rows, require_fit
 from ..models.step_cache import CacheOptions, StepCache, check_guided, make_step_cache
-from ..models.transformer import fit_text
+from ..models.transformer import fit_text, text_rows_read
 from ..models.step_cache import report as report_cache
 from ..runtime import Runtime, TorchRuntime, call_progress
 from ..sampling import (DYNAMIC_MODES, ModelFn, RowGenerators, SchedulerConfig, add_noise, cfg_denoiser,
@@ -173,9 +173,24 @@ def encode_text(models: Models, request: GenerateRequest, runtime: Runtime
         neg = request.negative_embeds if guided else None
         return _to(models, request.prompt_embeds, runtime), None if neg is None else _to(models, neg, runtime)
     runtime.load(models.text_encoder.model)
+    _warn_unread_tokens(models, [request.prompt, *([request.negative_prompt] if guided else [])])
     cond = models.text_encoder.encode(request.prompt)
     uncond = models.text_encoder.encode(request.negative_prompt) if guided else None
     return _to(models, cond, runtime), None if uncond is None else _to(models, uncond, runtime)
+
+
+def _warn_unread_tokens(models: Models, prompts: list[str]) -> None:
+    """Logs a prompt (or the negative one) with more tokens than a model trained on short
+    captions reads (:func:`~cogvideox_core.models.transformer.fit_text`): its tail is not seen."""
+    text = models.text_encoder
+    rows = text_rows_read(models.family.transformer, text.max_length)
+    if rows >= text.max_length:
+        return
+    for name, report in zip(("prompt", "negative prompt"), text.report(prompts)):
+        if report.tokens - 1 > rows:  # tokens counts the closing </s>
+            logger.warning("%s: %d tokens, but this model reads the first %d T5 states (it was trained on "
+                           "short captions): the words after the first %d tokens are not seen", name,
+                           report.tokens - 1, rows, rows)
 
 
 def _to(models: Models, states: torch.Tensor, runtime: Runtime) -> torch.Tensor:

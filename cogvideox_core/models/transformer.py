@@ -110,8 +110,12 @@ def fit_text(config: TransformerConfig, states: torch.Tensor) -> torch.Tensor:
     trained on short captions) reads the first ``max_text_len`` states: the prompt's tokens come
     first, ``</s>`` and the pads after (the 226-token rule of :mod:`cogvideox_core.loading.text`).
     Every other model reads ``states`` unchanged (``check_input`` names a length it cannot take)."""
-    n = config.max_text_len
-    return states[:, :n] if _has_text_rows(config) and states.shape[1] > n else states
+    return states[:, :text_rows_read(config, states.shape[1])]
+
+
+def text_rows_read(config: TransformerConfig, length: int) -> int:
+    """How many of ``length`` T5 states a model of ``config`` reads (:func:`fit_text`)."""
+    return min(length, config.max_text_len) if _has_text_rows(config) else length
 
 
 def _sample_tokens(config: TransformerConfig) -> int:
@@ -484,4 +488,4 @@ def _per_batch(name: str, value: torch.Tensor | float, batch: int, device: torch
     return t
 
 
-__all__ = ["CogVideoXTransformer", "BlockRunner", "run_all_blocks", "fit_text"]
+__all__ = ["CogVideoXTransformer", "BlockRunner", "run_all_blocks", "fit_text", "text_rows_read"]
