@@ -116,7 +116,8 @@ def test_generation_estimate_bounds_the_measured_peak(name, frames, height, widt
     """A whole generation (T5, sampling, tiled decode, frames) against ``total()``. In bfloat16
     the tiny VAE's convolutions take oneDNN; in float32 its 8-16 channels send every 3x3x3 conv to
     ATen's column buffer (27x the input; the real VAE's 512-channel layers too at small heights),
-    which the VAE runs in width strips of at most one input (``conv3d_bounded``)."""
+    which the VAE avoids (``conv3d_bounded``: oneDNN called directly, or width strips of at most
+    one input for a host's conv classes)."""
     models, request, _, estimate = tiny_run(name, frames, height, width, dtype)
     runtime = TorchRuntime(device="cpu", show_progress=False)
     with torch.no_grad():
@@ -127,8 +128,9 @@ def test_generation_estimate_bounds_the_measured_peak(name, frames, height, widt
 @pytest.mark.parametrize("free", [None, 128 << 20])
 def test_thin_wide_float32_decode_stays_within_its_bound(free):
     """A 32x2048 first chunk (3 latents, 9 frames) of the tiny 5B VAE in float32 on the CPU,
-    where every 3x3x3 conv goes to ATen's column buffer (27x its input): the exact tiled decode
-    stays within what it plans. ``free=None``: at the ``PLAN_TILE`` tile, within the estimate's
+    where ATen would send every 3x3x3 conv to its column buffer (27x its input; the VAE calls
+    oneDNN directly instead, or convolves in width strips): the exact tiled decode stays within
+    what it plans. ``free=None``: at the ``PLAN_TILE`` tile, within the estimate's
     decode part (``pass_memory``) plus the decoded frames; else tiles sized from ``free`` bytes
     of free memory stay within them. (Before the conv strips: 136 MiB over 83, 341 over 128.)"""
     config = tiny_vae_config(get_family("5b"))
