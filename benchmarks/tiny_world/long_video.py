@@ -50,10 +50,10 @@ def judge(video: torch.Tensor, prompt: str) -> dict[str, object]:
     """What one long video shows against its prompt."""
     found, want = analyse(video), parse_caption(prompt)
     step = largest_step(found.track)
-    frame = (video.shape[2], video.shape[1])
-    inside = largest_step_inside(found.track, *frame, INSIDE_MARGIN)
-    return {"one_object": moves_smoothly(found, JUMP_PX), "smooth": moves_smoothly(found),
-            "smooth_inside": moves_smoothly(found, inside=frame),
+    inside = largest_step_inside(found.track, video.shape[2], video.shape[1], INSIDE_MARGIN)
+    covered = found.coverage >= MIN_COVERAGE  # each check as moves_smoothly makes it
+    return {"one_object": covered and step <= JUMP_PX, "smooth": covered and step <= SMOOTH_PX,
+            "smooth_inside": covered and inside <= SMOOTH_PX,
             "direction": found.direction == want.direction, "colour": found.colour == want.colour,
             "largest_step": round(step, 2), "largest_step_inside": round(inside, 2)}
 
