@@ -25,6 +25,7 @@ from .conditioning import (ConditioningInputs, ConditioningLatents, Conditioning
 from ..sampling.windows import ContextOptions, LatentContext, plan_windows, run_windows, slice_windows
 from ..errors import NonFiniteError
 from ..families import Family, VAEConfig
+from ..loading.text import MAX_LENGTH
 from ..memory import MemoryEstimate, beyond_trained_length, estimate_sampling, for_rows, require_fit
 from ..models.step_cache import CacheOptions, StepCache, check_guided, make_step_cache
 from ..models.transformer import fit_text, text_rows_read
@@ -182,11 +183,10 @@ def encode_text(models: Models, request: GenerateRequest, runtime: Runtime
 def _warn_unread_tokens(models: Models, prompts: list[str]) -> None:
     """Logs a prompt (or the negative one) with more tokens than a model trained on short
     captions reads (:func:`~cogvideox_core.models.transformer.fit_text`): its tail is not seen."""
-    text = models.text_encoder
-    rows = text_rows_read(models.family.transformer, text.max_length)
-    if rows >= text.max_length:
+    rows = text_rows_read(models.family.transformer, MAX_LENGTH)
+    if rows >= MAX_LENGTH:  # every real model: the encoder is not asked
         return
-    for name, report in zip(("prompt", "negative prompt"), text.report(prompts)):
+    for name, report in zip(("prompt", "negative prompt"), models.text_encoder.report(prompts)):
         if report.tokens - 1 > rows:  # tokens counts the closing </s>
             logger.warning("%s: %d tokens, but this model reads the first %d T5 states (it was trained on "
                            "short captions): the words after the first %d tokens are not seen", name,
