@@ -143,3 +143,47 @@ def test_analyser_on_an_empty_clip_and_bad_input():
 
 
 # ---- the trained models (cogvideox_core/data/tiny_world), when shipped --------------------
+
+
+# ---- the training's pieces ----------------------------------------------------------------------
+
+def test_an_inp_model_started_from_the_text_to_video_one_predicts_what_it_does():
+    """``inp_from_t2v``: every weight copied, the extra input channels' patch weights zero, so at
+    the trained grid the Fun InP model ignores mask and masked-video latents and predicts what the
+    text-to-video model predicts (the sincos tables of both kinds agree there)."""
+    from benchmarks.tiny_world.models import Size, family
+    from benchmarks.tiny_world.train_dit import inp_from_t2v
+    from cogvideox_core.models.transformer import CogVideoXTransformer
+    from cogvideox_core.tiny import init_random
+
+    size = Size(heads=2, head_dim=16, layers=1, text_len=8)
+    t2v = init_random(CogVideoXTransformer(family("t2v", size).transformer), 0).eval()
+    inp = inp_from_t2v(t2v, family("inp", size)).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 16, HEIGHT // 8, WIDTH // 8, generator=g)
+    extra = torch.randn(2, 5, 17, HEIGHT // 8, WIDTH // 8, generator=g)
+    t, text = torch.tensor([10, 700]), torch.randn(2, 8, 32, generator=g)
+    with torch.no_grad():
+        assert torch.equal(inp(torch.cat([x, extra], dim=2), t, text), t2v(x, t, text))
+    with pytest.raises(ValueError, match="cannot hold"):
+        inp_from_t2v(inp, family("t2v", size))
+
+
+def test_the_vae_loss_encodes_the_white_clip_with_the_batch_as_on_its_own():
+    """The VAE's loss encodes the plain white clip in the clips' batch (a batch of one runs ATen's
+    slow conv backward): its latents are those of the white clip encoded alone (GroupNorm is per
+    clip), up to the convolutions' summation order."""
+    from benchmarks.tiny_world.models import vae_config
+    from benchmarks.tiny_world.train_vae import clip_batch, vae_loss
+    from cogvideox_core.tiny import init_random
+    from cogvideox_core.vae.model import CogVideoXVAE
+
+    vae = init_random(CogVideoXVAE(vae_config()), 0).eval()
+    x, weight = clip_batch(0, 1, seed=0)
+    x, weight = x[:, :, :5], weight[:, :, :5]
+    with torch.no_grad():
+        parts = vae_loss(vae, x, weight, torch.Generator().manual_seed(0))
+        alone = vae.encode(torch.ones_like(x)).mean.pow(2).mean()
+        post = vae.encode(x)
+    assert float(parts["bg"]) == pytest.approx(float(alone), rel=1e-4)
+    assert float(parts["z_rms"]) == pytest.approx(float(post.mean.pow(2).mean().sqrt()), rel=1e-4)

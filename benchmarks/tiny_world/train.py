@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--vae-init", type=Path, help="continue training from this VAE folder")
     p.add_argument("--continue", dest="resume", action="store_true",
                    help="t2v/inp: continue from the transformer saved in --out (seed + --round)")
+    p.add_argument("--inp-from-t2v", action="store_true",
+                   help="inp: start from the text-to-video transformer saved in --out (its weights, "
+                   "the extra input channels zero) instead of a random initialisation")
     p.add_argument("--round", type=int, default=0, help="added to a continued transformer stage's seed")
     p.add_argument("--vae-round", type=int, default=0, help="added to the VAE stage's seed (a continued run)")
     p.add_argument("--vae-lr", type=float, default=2e-3)
@@ -137,7 +140,7 @@ def caption_separation(pool) -> dict:
 
 def stage_transformer(args: argparse.Namespace, kind: str) -> dict:
     from .latents import Pool
-    from .train_dit import train_transformer
+    from .train_dit import inp_from_t2v, train_transformer
 
     fam = family(kind, Size(args.heads, args.head_dim, args.layers, text_len=args.text_len))
     budget = Budget(getattr(args, f"{kind}_minutes"), getattr(args, f"{kind}_steps"))
@@ -145,6 +148,9 @@ def stage_transformer(args: argparse.Namespace, kind: str) -> dict:
     seed = args.seed + (10 if kind == "t2v" else 20) + 100 * args.round
     root = args.out if kind == "t2v" else args.out / kind
     init = load_models(kind, args.out).transformer if args.resume else None
+    if kind == "inp" and args.inp_from_t2v and not args.resume:
+        init = inp_from_t2v(load_models("t2v", args.out).transformer, fam)
+        logger.info("inp: starting from the text-to-video transformer in %s", args.out)
     model, summary = train_transformer(fam, pool, budget, seed, args.batch, args.lr,
                                        save=lambda m: save_transformer(m, fam, root), init=init,
                                        known_weights=_known(args.inp_known) if kind == "inp" else None)

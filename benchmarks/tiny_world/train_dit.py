@@ -90,6 +90,24 @@ def v_step(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer, train
     return float(loss.detach())
 
 
+def inp_from_t2v(t2v: nn.Module, family: Family) -> CogVideoXTransformer:
+    """A Fun InP transformer of ``family`` that starts as the text-to-video model ``t2v`` (the
+    way the Fun InP models were made from CogVideoX): every weight copied, the patch embedding's
+    extra input channels (mask + masked-video latents) zero, so before training it ignores them
+    and predicts what ``t2v`` predicts for the same noisy latents."""
+    model = CogVideoXTransformer(family.transformer)
+    state = {k: v.detach().float().clone() for k, v in t2v.state_dict().items()}
+    key = "patch_embed.proj.weight"
+    weight = torch.zeros_like(model.state_dict()[key])
+    if weight.shape[1] < state[key].shape[1] or weight.shape[0] != state[key].shape[0]:
+        raise ValueError(f"{key}: the InP model's {tuple(weight.shape)} cannot hold the text-to-video "
+                         f"model's {tuple(state[key].shape)}")
+    weight[:, : state[key].shape[1]] = state[key]
+    state[key] = weight
+    model.load_state_dict(state)
+    return model
+
+
 def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, batch: int = 16,
                       lr: float = 1e-3, save: Callable[[nn.Module], object] | None = None,
                       init: nn.Module | None = None,
@@ -122,4 +140,4 @@ def train_transformer(family: Family, pool: Pool, budget: Budget, seed: int, bat
     return ema.model, summary
 
 
-__all__ = ["Batches", "v_step", "train_transformer", "UNCOND_SHARE"]
+__all__ = ["Batches", "v_step", "inp_from_t2v", "train_transformer", "UNCOND_SHARE"]
