@@ -265,7 +265,9 @@ def test_decode_out_of_memory_and_the_vae_stays_usable(t2v: dict, error: BaseExc
     switch["on"] = False
     assert _same_params(vae.model, before)
     again, = node("CogVideoXTiledDecode")(vae, {"samples": z}, True, 32, 0)
-    assert torch.equal(again, reference)
+    # not bit-equal: the patched conv_in (its forward replaced) now runs through torch's call,
+    # not the direct oneDNN one (blocks._onednn_direct): another summation order
+    assert float((again - reference).abs().max()) <= 1e-5
 
 
 def test_encode_out_of_memory_names_the_tile(t2v: dict, monkeypatch: pytest.MonkeyPatch) -> None:

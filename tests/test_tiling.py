@@ -477,7 +477,7 @@ def test_batch_one_float32_convs_go_to_onednn_directly(monkeypatch) -> None:
     """A float32 batch-1 conv3d that ATen would send to its column buffer by its size rule runs
     through oneDNN (no buffer; ~5x faster for the tiny VAEs' convs): the same values as torch's
     call (up to summation order) and the same gradients; a host's conv class with its own
-    ``forward`` (casts, patches) is still called."""
+    ``forward`` (casts, patches) or a conv with hooks is still called."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch, "mkldnn_convolution")):
         pytest.skip("this torch has no oneDNN convolution")
     calls = []
@@ -500,6 +500,11 @@ def test_batch_one_float32_convs_go_to_onednn_directly(monkeypatch) -> None:
     with torch.no_grad():
         vae_blocks.conv3d_bounded(host, torch.randn(1, 8, 7, 34, 50))
     assert _CountingConv3d.calls >= 1 and len(calls) == 2  # its own forward (here in strips)
+    hooked, seen = torch.nn.Conv3d(8, 16, 3, padding=(0, 1, 1)), []
+    hooked.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    with torch.no_grad():
+        vae_blocks.conv3d_bounded(hooked, torch.randn(1, 8, 7, 34, 50))
+    assert seen and len(calls) == 2  # a hooked conv (offloading, patching tools) is called
 
 
 def test_which_convs_take_the_column_buffer() -> None:

@@ -451,7 +451,9 @@ def test_vae_folder_round_trip_decodes_like_diffusers(tmp_path: Path) -> None:
     with torch.no_grad():
         expected = ref.decode(z).sample
         got = vae.decode(z)
-    assert (got - expected).abs().max().item() <= TOL
+    # 5e-5: our batch-1 convs run in oneDNN, diffusers' in ATen's column buffer (another
+    # summation order through 10 convs; observed 1.3e-5)
+    assert (got - expected).abs().max().item() <= 5e-5
 
 
 @pytest.mark.parametrize("layout,prefix", [("diffusers", ""), ("diffusers", "vae."),

@@ -110,7 +110,8 @@ def fit_text(config: TransformerConfig, states: torch.Tensor) -> torch.Tensor:
     trained on short captions) reads the first ``max_text_len`` states: the prompt's tokens come
     first, ``</s>`` and the pads after (the 226-token rule of :mod:`cogvideox_core.loading.text`).
     Every other model reads ``states`` unchanged (``check_input`` names a length it cannot take)."""
-    return states[:, :text_rows_read(config, states.shape[1])]
+    n = text_rows_read(config, states.shape[1])
+    return states[:, :n] if n < states.shape[1] else states
 
 
 def text_rows_read(config: TransformerConfig, length: int) -> int:

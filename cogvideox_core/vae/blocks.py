@@ -154,11 +154,21 @@ def _onednn_direct(conv: nn.Conv3d, x: Tensor) -> bool:
     whose ``forward`` is torch's own (a host's layer classes may cast or patch weights in theirs),
     with float32 CPU weights, zero padding given as sizes, and a torch that has the op.
     """
-    return (type(conv).forward is nn.Conv3d.forward and x.dtype == torch.float32 and x.shape[0] == 1
+    return (_only_torch_forward(conv) and x.dtype == torch.float32 and x.shape[0] == 1
             and conv.weight.dtype == torch.float32 and conv.weight.device.type == "cpu"
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
             and hasattr(torch, "mkldnn_convolution") and not _native_1x1(conv, x))
+
+
+def _only_torch_forward(conv: nn.Conv3d) -> bool:
+    """Whether calling ``conv`` runs torch's ``Conv3d.forward`` and nothing else: no override in
+    its class or on the instance, no hook on it or on every module (offloading and patching tools
+    work through these)."""
+    hooks = (conv._forward_hooks, conv._forward_pre_hooks, conv._backward_hooks, conv._backward_pre_hooks,
+             nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks,
+             nn.modules.module._global_backward_hooks, nn.modules.module._global_backward_pre_hooks)
+    return type(conv).forward is nn.Conv3d.forward and "forward" not in vars(conv) and not any(hooks)
 
 
 def _native_1x1(conv: nn.Conv3d, x: Tensor) -> bool:
