@@ -52,8 +52,7 @@ def best_of(fn: Callable[[], torch.Tensor], repeat: int) -> tuple[float, torch.T
 def diffusers_vae(ours: torch.nn.Module) -> torch.nn.Module:
     from diffusers import AutoencoderKLCogVideoX
 
-    cfg = ours.config.to_diffusers()  # type: ignore[union-attr]
-    model = AutoencoderKLCogVideoX(**{k: v for k, v in cfg.items() if not k.startswith("_")})
+    model = AutoencoderKLCogVideoX(**ours.config.to_diffusers())  # type: ignore[union-attr]
     model.load_state_dict(ours.state_dict(), strict=True)
     return model.eval()
 
