@@ -9,6 +9,9 @@
 #   OUT=/tmp/tw WORK=/tmp/tw_work nohup nice -n 5 benchmarks/tiny_world/run_all.sh > train.log 2>&1 &
 # OUT defaults to ${TMPDIR:-/tmp}/tiny_world (OUT=cogvideox_core/data/tiny_world replaces the
 # shipped files). FROM=pool starts after the VAE; WAIT_PID waits for a running process first.
+# VAE_STEPS, T2V_STEPS, T2V_MORE_STEPS, INP_STEPS, LORA_STEPS, POOL, LORA_CLIPS and the evaluations'
+# VAE_EVAL_N, LORA_EVAL_N, EVAL_N, EVAL_STEPS (EVAL=0: none) change the recipe's sizes
+# (tests/test_tiny_world_recipe.py runs it tiny).
 # Every stage logs its losses and minutes; the summaries land in $WORK/summary_<stage>.json.
 #
 # The transformers read 32 text states (--text-len 32, max_text_seq_length 32: the first 32 of the
@@ -68,19 +71,22 @@ if [ -n "${WAIT_PID:-}" ]; then
   while kill -0 "$WAIT_PID" 2>/dev/null; do sleep 10; done
 fi
 if [ "${FROM:-text}" = text ]; then
-  $TRAIN --stages text,vae --vae-steps "${VAE_STEPS:-1500}" --wrap 0.5
+  $TRAIN --stages text,vae --vae-steps "${VAE_STEPS:-1500}" --wrap 0.5 --vae-eval-n "${VAE_EVAL_N:-48}"
 fi
-$TRAIN --stages pool --pool 2048 --wrap 0.5
+$TRAIN --stages pool --pool "${POOL:-2048}" --wrap 0.5
 # The two transformers side by side, one thread each: two 1-thread steps take 0.32 s together,
 # a 2-thread step 0.19 s (small matrices: a second thread gives 1.65x, a second process 2x).
+trap 'kill $(jobs -pr) 2>/dev/null || true' EXIT  # no stage left running after the script
 OMP_NUM_THREADS=1 $ONE --stages t2v --t2v-steps "${T2V_STEPS:-9000}" --text-len 32 &
 T2V=$!
 OMP_NUM_THREADS=1 $ONE --stages inp --inp-steps "${INP_STEPS:-8000}" --inp-known 1,1,2 --text-len 32 &
 INP=$!
-wait "$T2V" || { echo "the text-to-video stage failed" >&2; kill "$INP" 2>/dev/null; exit 1; }
-wait "$INP" || { echo "the Fun InP stage failed" >&2; exit 1; }
+for _ in 1 2; do  # the first to fail stops the other
+  wait -n "$T2V" "$INP" || { echo "run_all.sh: a transformer stage failed" >&2; exit 1; }
+done
 $TRAIN --stages t2v --continue --round 1 --lr 5e-4 --t2v-steps "${T2V_MORE_STEPS:-3000}" --text-len 32
-$PY -m benchmarks.tiny_world.train_lora --root "$OUT" --steps "${LORA_STEPS:-500}" --threads 2 --eval-n 8
+$PY -m benchmarks.tiny_world.train_lora --root "$OUT" --steps "${LORA_STEPS:-500}" --threads 2 \
+  --clips "${LORA_CLIPS:-256}" --eval-n "${LORA_EVAL_N:-8}"
 if [ "${EVAL:-1}" = 1 ]; then
-  $TRAIN --stages eval --eval-cfg 6
+  $TRAIN --stages eval --eval-cfg 6 --eval-n "${EVAL_N:-20}" --eval-steps "${EVAL_STEPS:-20}"
 fi

@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-len", type=int, default=Size.text_len, help="T5 states the transformers read "
                    "(max_text_seq_length; the first of the 226 encoded)")
     p.add_argument("--lr", type=float, default=1e-3, help="transformer peak learning rate")
+    p.add_argument("--vae-eval-n", type=int, default=48, help="clips of the VAE's reconstruction rates")
     p.add_argument("--eval-n", type=int, default=20)
     p.add_argument("--eval-steps", type=int, default=20)
     p.add_argument("--eval-cfg", default="6", help="comma-separated guidance scales to evaluate")
@@ -85,10 +86,10 @@ def stage_vae(args: argparse.Namespace) -> dict:
                              lr=args.vae_lr, init=init, shape_weight=args.shape_weight,
                              wrap=args.wrap)
     save_vae(vae, args.out)
-    summary["recon"] = vae_rates(vae)
+    summary["recon"] = vae_rates(vae, args.vae_eval_n)
     logger.info("vae reconstruction: %s", summary["recon"])
     if args.wrap > 0:
-        summary["recon_wrapped"] = vae_rates(vae, wrap=1.0)
+        summary["recon_wrapped"] = vae_rates(vae, args.vae_eval_n, wrap=1.0)
         logger.info("vae reconstruction, clips anywhere on the torus: %s", summary["recon_wrapped"])
     return summary
 
