@@ -107,11 +107,14 @@ def inp_rates(models: Models, n: int = 20, steps: int = 20, cfg: float = 6.0, se
 
 
 @torch.no_grad()
-def vae_rates(vae, n: int = 48, seed: int = 99, wrap: float = 0.0) -> dict[str, float]:
+def vae_rates(vae, n: int = 48, seed: int = 99, wrap: float = 0.0,
+              prototypes: Prototypes | None = None) -> dict[str, float]:
     """Reconstruction of ``n`` world clips (a share ``wrap`` of them anywhere on the torus): PSNR
-    (dB) and the analyser's match rates (the calibrated shape too, prototypes from other clips)."""
+    (dB) and the analyser's match rates (the calibrated shape too, by ``prototypes``: by default
+    :func:`vae_prototypes` of ``vae``, from other clips)."""
     results, mse = [], []
-    prototypes = vae_prototypes(vae)
+    if prototypes is None:
+        prototypes = vae_prototypes(vae)
     for scene in sample_scenes(n, seed, wrap=wrap):
         clip = render(scene)
         rec = round_trip(vae, clip)

@@ -78,7 +78,7 @@ def stage_text(args: argparse.Namespace) -> dict:
 
 
 def stage_vae(args: argparse.Namespace) -> dict:
-    from .evaluate import vae_rates
+    from .evaluate import vae_prototypes, vae_rates
     from .train_vae import train_vae
 
     init = None if args.vae_init is None else _vae(args, args.vae_init)
@@ -86,10 +86,11 @@ def stage_vae(args: argparse.Namespace) -> dict:
                              lr=args.vae_lr, init=init, shape_weight=args.shape_weight,
                              wrap=args.wrap)
     save_vae(vae, args.out)
-    summary["recon"] = vae_rates(vae, args.vae_eval_n)
+    proto = vae_prototypes(vae)  # once for both rates
+    summary["recon"] = vae_rates(vae, args.vae_eval_n, prototypes=proto)
     logger.info("vae reconstruction: %s", summary["recon"])
     if args.wrap > 0:
-        summary["recon_wrapped"] = vae_rates(vae, args.vae_eval_n, wrap=1.0)
+        summary["recon_wrapped"] = vae_rates(vae, args.vae_eval_n, wrap=1.0, prototypes=proto)
         logger.info("vae reconstruction, clips anywhere on the torus: %s", summary["recon_wrapped"])
     return summary
 
