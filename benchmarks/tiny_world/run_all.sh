@@ -19,7 +19,7 @@
 # 226 the pack encodes, cogvideox_core.models.transformer.fit_text; the captions take 12-14
 # tokens): 346 tokens a step become 152 and a training step 0.43 s -> 0.19 s on 2 threads
 # (measured 2026-12-05, batch 16).
-# This script end to end, 2026-12-05 (OUT=/tmp/tw_full: 08:38-10:13): VAE 26.8 min (1500 steps, loss
+# This script end to end, 2026-12-05 (08:38-10:13, the usage line above): VAE 26.8 min (1500 steps, loss
 # 0.127, 28.1 dB, 48 of 48 clips read back right; a test ran beside it for 9 minutes: the same
 # command alone took 19.3 min, 0.77 s a step, and wrote the same bytes), pool 4.4 min, side by side
 # text-to-video 50.0 min (9000 steps at 0.32 s, loss 0.067) and Fun InP 44.1 min (8000, loss 0.017),
