@@ -59,11 +59,11 @@ def judge(video: torch.Tensor, prompt: str) -> dict[str, object]:
 
 
 def long_rates(models: Models, context: ContextOptions, frames: int, seeds: int = 2, steps: int = 20,
-               cfg: float = 6.0) -> dict[str, object]:
+               cfg: float = 6.0, first_seed: int = 0) -> dict[str, object]:
     """The shares of :func:`judge`'s checks over ``seeds`` x :data:`PROMPTS` videos of ``frames``
     frames made in ``context``'s windows, and each video's largest step (px)."""
     rows = []
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
         for prompt in PROMPTS:
             request = GenerateRequest(prompt=prompt, frames=frames, height=HEIGHT, width=WIDTH, steps=steps,
                                       cfg=cfg, seed=seed, context=context)
@@ -77,14 +77,14 @@ def long_rates(models: Models, context: ContextOptions, frames: int, seeds: int 
 
 
 def compare(kind: str, frames: int, overlap: int, weights: list[str], schedule: str, seeds: int,
-            steps: int, cfg: float, root: Path = DATA) -> dict[str, dict]:
+            steps: int, cfg: float, root: Path = DATA, first_seed: int = 0) -> dict[str, dict]:
     """Per weighting: :func:`long_rates` and the minutes it took."""
     models = load_models(kind, root)
     out = {}
     for name in weights:
         start = time.monotonic()
         context = ContextOptions(FRAMES, overlap, schedule=schedule, weights=name)
-        out[name] = {**long_rates(models, context, frames, seeds, steps, cfg),
+        out[name] = {**long_rates(models, context, frames, seeds, steps, cfg, first_seed),
                      "minutes": round((time.monotonic() - start) / 60, 2)}
         logger.info("%s %s, %d frames in %d/%d: %s", name, schedule, frames, FRAMES, overlap, out[name])
     return out
@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default="pyramid,flat,causal")
     p.add_argument("--schedule", default="static")
     p.add_argument("--seeds", type=int, default=2, help="seeds per prompt (4 prompts)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="the seeds are first-seed, first-seed+1, ... (the 4x test's are 0 and 1)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--cfg", type=float, default=6.0)
     p.add_argument("--threads", type=int, default=1)
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     result = compare(args.kind, args.frames, args.overlap, args.weights.split(","), args.schedule, args.seeds,
-                     args.steps, args.cfg, args.root)
+                     args.steps, args.cfg, args.root, args.first_seed)
     print(json.dumps(result, indent=1))
     return 0
 
